@@ -1,0 +1,186 @@
+"""The cluster: every node set up in parallel, then the cluster-wide steps on whichever node is the
+Patroni leader at apply time, then the backup schedule on every node.
+
+Each cluster-wide step runs on every node and acts only where Patroni says the node is the leader, so no
+node is special in the configuration and the steps follow the leader after a failover. The number of
+sequential steps does not grow with the number of nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+
+from components.config import Settings
+from components.layout import METRICS_UNIT, TLS_SERVER_UNIT
+from components.node import (
+    NodeTls,
+    PgBackRestNode,
+    PgBackRestNodeArgs,
+    RepositorySecrets,
+    dynamic_config,
+    parse_verify,
+    template_context,
+    timers,
+)
+from components.pki import ClusterPki, ClusterPkiArgs
+from components.remote import connection, remote_step
+from components.render import render, sha256
+
+
+@dataclass
+class BackupClusterArgs:
+    settings: Settings
+    """The validated stack configuration."""
+    access_key_id: pulumi.Output[str]
+    """The repository key pgBackRest uses (from BackupRepository)."""
+    secret_access_key: pulumi.Output[str]
+
+
+class BackupCluster(pulumi.ComponentResource):
+    """pgBackRest on every node of a Patroni cluster, the stanza, archiving, and scheduled backups."""
+
+    cipher_pass: pulumi.Output[str]
+    nodes: pulumi.Output[list[dict[str, str]]]
+    stanza_status: pulumi.Output[dict[str, Any]]
+    last_backup: pulumi.Output[dict[str, Any] | None]
+    wal_archive: pulumi.Output[dict[str, Any] | None]
+
+    def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgbackup:cluster:BackupCluster", name, None, opts)
+        settings = args.settings
+        cluster = settings.cluster
+        child = pulumi.ResourceOptions(parent=self)
+
+        if settings.cipher_pass is not None:
+            cipher_pass = pulumi.Output.secret(settings.cipher_pass)
+        else:
+            # Generated once and kept in the state as a secret: losing it loses the backups.
+            generated = random.RandomPassword(f"{name}-cipher-pass", length=64, special=False, opts=child)
+            cipher_pass = pulumi.Output.secret(generated.result)
+        self.cipher_pass = cipher_pass
+        secrets = RepositorySecrets(args.access_key_id, args.secret_access_key, cipher_pass)
+
+        pki = None
+        if settings.pgbackrest.backup_standby:
+            pki = ClusterPki(f"{name}-pki", ClusterPkiArgs(stanza=cluster.stanza, nodes=cluster.nodes), opts=child)
+
+        conns = {node.name: connection(node, settings.ssh_private_key) for node in cluster.nodes}
+        nodes: dict[str, PgBackRestNode] = {}
+        for node in cluster.nodes:
+            tls = None
+            if pki is not None:
+                cert = pki.nodes[node.name]
+                tls = NodeTls(pki.ca_cert_pem, cert.cert_pem, cert.key_pem)
+            nodes[node.name] = PgBackRestNode(
+                f"{name}-{node.name}",
+                PgBackRestNodeArgs(node=node, settings=settings, secrets=secrets, connection=conns[node.name], tls=tls),
+                opts=child,
+            )
+
+        # Re-create the stanza and re-check when any node's configuration changes (a new bucket or repo path
+        # needs its stanza). The digests are secret: they hash the passphrase.
+        config_digest = pulumi.Output.secret(
+            pulumi.Output.all(*[n.config_digest for n in nodes.values()]).apply(lambda d: sha256(*d))
+        )
+        all_files = [n.files for n in nodes.values()]
+        all_patroni = [n.patroni for n in nodes.values()]
+
+        def step(node_name: str, step_name: str, script: str, depends_on: list[pulumi.Resource],
+                 triggers: list[Any] | None = None, delete: str | None = None) -> Any:
+            return remote_step(
+                f"{name}-{node_name}-{step_name}",
+                step=step_name,
+                conn=conns[node_name],
+                script=script,
+                parent=self,
+                triggers=triggers,
+                delete=delete,
+                depends_on=depends_on,
+            )
+
+        stanza_steps, archiving_steps, verify_steps, schedule_steps = [], [], [], []
+        for node in cluster.nodes:
+            stanza_steps.append(step(node.name, "stanza", render("scripts/stanza.sh.j2",
+                                     **template_context(settings, node, "stanza")),
+                                     depends_on=all_files, triggers=[config_digest]))
+        for node in cluster.nodes:
+            archiving_steps.append(step(node.name, "archiving", render(
+                "scripts/archiving.sh.j2", **template_context(settings, node, "archiving"),
+                dynamic_config=dynamic_config(settings).rstrip("\n")),
+                depends_on=stanza_steps + all_patroni))
+        for node in cluster.nodes:
+            verify_steps.append(step(node.name, "verify", render("scripts/verify.sh.j2",
+                                     **template_context(settings, node, "verify")),
+                                     depends_on=archiving_steps, triggers=[config_digest]))
+        units = [*timers(), METRICS_UNIT] + ([TLS_SERVER_UNIT] if pki is not None else [])
+        for node in cluster.nodes:
+            ctx = template_context(settings, node, "schedule")
+            schedule_steps.append(step(
+                node.name, "schedule",
+                render("scripts/schedule.sh.j2", **ctx, timers=timers(), units_digest=nodes[node.name].units_digest),
+                depends_on=verify_steps[:] + [nodes[node.name].files],
+                delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
+            ))
+
+        reports = pulumi.Output.all(*[s.stdout for s in verify_steps]).apply(
+            lambda outs: [parse_verify(out) for out in outs]
+        )
+        self.nodes = reports.apply(
+            lambda rs: [
+                {"name": node.name, "host": node.host, "role": r["role"]}
+                for node, r in zip(cluster.nodes, rs)
+            ]
+        )
+        info = reports.apply(_leader_info)
+        self.stanza_status = info.apply(stanza_status)
+        self.last_backup = info.apply(last_backup)
+        self.wal_archive = info.apply(wal_archive)
+        self.register_outputs(
+            {
+                "cipher_pass": self.cipher_pass,
+                "nodes": self.nodes,
+                "stanza_status": self.stanza_status,
+                "last_backup": self.last_backup,
+                "wal_archive": self.wal_archive,
+            }
+        )
+
+
+def _leader_info(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for report in reports:
+        if report.get("role") == "leader" and report.get("info"):
+            stanzas: list[dict[str, Any]] = report["info"]
+            return stanzas[0] if stanzas else None
+    return None
+
+
+def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
+    """{code, message} as `pgbackrest info` reports them; code -1 when no leader reported."""
+    if info is None:
+        return {"code": -1, "message": "no leader reported pgbackrest info at apply time"}
+    status = info["status"]
+    return {"code": status["code"], "message": status["message"]}
+
+
+def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """{label, type, stopTime} of the newest backup (stopTime in UTC, ISO 8601), or None."""
+    backups = (info or {}).get("backup") or []
+    if not backups:
+        return None
+    newest = max(backups, key=lambda b: b["timestamp"]["stop"])
+    stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=timezone.utc)
+    return {"label": newest["label"], "type": newest["type"], "stopTime": stop.isoformat().replace("+00:00", "Z")}
+
+
+def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """{min, max} WAL segment of the current database's archive, or None."""
+    archives = (info or {}).get("archive") or []
+    if not archives:
+        return None
+    current = archives[-1]
+    return {"min": current.get("min"), "max": current.get("max")}

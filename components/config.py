@@ -1,0 +1,412 @@
+"""The stack configuration: read once, validated into typed objects, before any resource exists.
+
+Every mistake becomes one `ConfigError` whose message names the key (``pgbackup:storage.endpoint``,
+``pgbackup:cluster.nodes[2].host``) and what was expected. Nothing is declared before validation passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from components.calendar import CalendarError, validate_calendar
+
+NAMESPACE = "pgbackup"
+
+Provider = Literal["b2", "wasabi", "minio", "s3"]
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_STANZA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|KiB|MiB|GiB|TiB|PiB)?$", re.IGNORECASE)
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_APT_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*\*?$")
+_POSIX_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+
+
+class ConfigError(Exception):
+    """Bad stack configuration. The message names the key and what was expected."""
+
+
+def is_valid_host(value: str) -> bool:
+    """A DNS name or an IP address (what ssh, pgBackRest and curl will be given)."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    if len(value) > 253:
+        return False
+    return all(_HOST_LABEL.match(label) for label in value.rstrip(".").split("."))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
+    )
+
+
+def _check_path(value: str) -> str:
+    if not _POSIX_PATH.match(value) or "//" in value or "/../" in f"{value}/":
+        raise ValueError("expected an absolute path of letters, digits and ._/@+- (no '..')")
+    return value.rstrip("/") or "/"
+
+
+# Where each managed provider's S3 endpoint lives, and how its buckets are addressed by default.
+# The provider-specific resources live in components/storage.py; this table is only about addressing.
+_ENDPOINTS: dict[str, str] = {
+    "b2": "s3.{region}.backblazeb2.com",
+    "wasabi": "s3.{region}.wasabisys.com",
+}
+_DEFAULT_URI_STYLE: dict[str, str] = {"b2": "host", "wasabi": "host", "minio": "path", "s3": "path"}
+_DEFAULT_REGION: dict[str, str | None] = {"b2": None, "wasabi": None, "minio": "us-east-1", "s3": None}
+
+
+class StorageConfig(_Model):
+    """`pgbackup:storage`: where the repository lives."""
+
+    provider: Provider = Field(description="b2 | wasabi | minio | s3")
+    bucket: str = Field(description="Bucket name (3-63 lower-case letters, digits, dots, hyphens)")
+    region: str | None = Field(default=None, description="Provider region, e.g. us-west-004 (b2)")
+    endpoint: str | None = Field(default=None, description="host[:port] of the S3 API")
+    repo_path: str = Field(default="/pgbackrest", description="Repository path inside the bucket")
+    uri_style: Literal["host", "path"] | None = Field(default=None, description="S3 addressing style")
+    verify_tls: bool = Field(default=True, description="Verify the endpoint's TLS certificate")
+    ca_cert: str | None = Field(default=None, description="PEM of a private CA for the endpoint")
+    create: bool = Field(default=True, description="Create bucket and key (false: use existing ones)")
+    hidden_version_days: int = Field(
+        default=1, ge=1, le=3650, description="Days a version hidden by a delete is kept (b2 lifecycle)"
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value) or ".." in value:
+            raise ValueError("expected 3-63 lower-case letters, digits, '.' or '-', starting and ending alphanumeric")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.match(value):
+            raise ValueError("expected a region name like us-west-004 or us-east-1")
+        return value
+
+    @field_validator("repo_path")
+    @classmethod
+    def _repo_path(cls, value: str) -> str:
+        value = _check_path(value)
+        if value == "/":
+            raise ValueError("expected a sub-path such as /pgbackrest, not the bucket root")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("http://"):
+            raise ValueError("pgBackRest reaches S3 over HTTPS only: give https://host[:port] or host[:port]")
+        value = value.removeprefix("https://").rstrip("/")
+        host, _, port = value.partition(":")
+        if not is_valid_host(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError("expected host[:port], e.g. minio.example.net:9000")
+        return value
+
+    @field_validator("ca_cert")
+    @classmethod
+    def _ca_cert(cls, value: str | None) -> str | None:
+        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("expected a PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> "StorageConfig":
+        region = self.region or _DEFAULT_REGION[self.provider]
+        if region is None:
+            raise ValueError(f"region: required for provider {self.provider}")
+        endpoint = self.endpoint
+        if endpoint is None:
+            if self.provider not in _ENDPOINTS:
+                raise ValueError(f"endpoint: required for provider {self.provider} (host[:port] of its S3 API)")
+            endpoint = _ENDPOINTS[self.provider].format(region=region)
+        object.__setattr__(self, "region", region)
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "uri_style", self.uri_style or _DEFAULT_URI_STYLE[self.provider])
+        return self
+
+    @property
+    def endpoint_host(self) -> str:
+        assert self.endpoint is not None
+        return self.endpoint.partition(":")[0]
+
+    @property
+    def endpoint_port(self) -> int:
+        assert self.endpoint is not None
+        port = self.endpoint.partition(":")[2]
+        return int(port) if port else 443
+
+    @property
+    def key_prefix(self) -> str:
+        """The object-key prefix of the repository: repo path without the leading slash."""
+        return self.repo_path.lstrip("/")
+
+
+class NodeConfig(_Model):
+    """One Patroni member reached over SSH."""
+
+    name: str = Field(description="Patroni member name (lower-case letters, digits, hyphens)")
+    host: str = Field(description="Host name or address for SSH, pgBackRest and Patroni's REST API")
+    user: str = Field(default="root", description="SSH user (root or a sudo-less root equivalent)")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port")
+    host_key: str | None = Field(default=None, description="The node's SSH host public key, pinned")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NODE_NAME.match(value):
+            raise ValueError("expected lower-case letters, digits and '-', at most 63 characters")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not is_valid_host(value):
+            raise ValueError("expected a DNS name or an IP address")
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$",
+                                                 " ".join(value.split()[:2])):
+            raise ValueError("expected an OpenSSH public host key such as 'ssh-ed25519 AAAA...'")
+        return None if value is None else " ".join(value.split()[:2])
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+            raise ValueError("expected a POSIX user name")
+        return value
+
+
+class ClusterConfig(_Model):
+    """`pgbackup:cluster`: the Patroni cluster."""
+
+    stanza: str = Field(description="pgBackRest stanza name")
+    pg_version: int = Field(default=17, ge=10, le=30, description="PostgreSQL major version")
+    pg_data: str | None = Field(default=None, description="Data directory")
+    pg_port: int = Field(default=5432, ge=1, le=65535)
+    pg_socket_path: str = Field(default="/var/run/postgresql", description="Unix socket directory")
+    patroni_config: str = Field(default="/etc/patroni/patroni.yml")
+    patroni_api_port: int = Field(default=8008, ge=1, le=65535)
+    nodes: list[NodeConfig] = Field(min_length=1)
+
+    @field_validator("stanza")
+    @classmethod
+    def _stanza(cls, value: str) -> str:
+        if not _STANZA.match(value):
+            raise ValueError("expected letters, digits, '_', '.', '-' (at most 64)")
+        return value
+
+    @field_validator("pg_data", "patroni_config", "pg_socket_path")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return None if value is None else _check_path(value)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique(cls, nodes: list[NodeConfig]) -> list[NodeConfig]:
+        for attr in ("name", "host"):
+            seen: dict[str, int] = {}
+            for i, node in enumerate(nodes):
+                value = getattr(node, attr)
+                if value in seen:
+                    raise ValueError(f"nodes[{i}].{attr}: {value!r} already used by nodes[{seen[value]}]")
+                seen[value] = i
+        return nodes
+
+    @model_validator(mode="after")
+    def _derive(self) -> "ClusterConfig":
+        if self.pg_data is None:
+            object.__setattr__(self, "pg_data", f"/var/lib/postgresql/{self.pg_version}/main")
+        return self
+
+
+class ScheduleConfig(_Model):
+    """`pgbackup:schedule`: one systemd calendar expression per backup type."""
+
+    full: str = Field(default="Sun *-*-* 02:00:00", description="Full backup calendar")
+    incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="Incremental backup calendar")
+    randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="Timer RandomizedDelaySec")
+
+    @field_validator("full", "incremental")
+    @classmethod
+    def _calendar(cls, value: str) -> str:
+        try:
+            validate_calendar(value)
+        except CalendarError as err:
+            raise ValueError(f"expected a systemd calendar expression (systemd.time(7)): {err}") from None
+        return value
+
+
+class RetentionConfig(_Model):
+    """`pgbackup:retention`: pgBackRest keeps WAL for the backups it keeps."""
+
+    full: int = Field(default=4, ge=1, le=9999999, description="Full backups (or days, with fullType time)")
+    full_type: Literal["count", "time"] = Field(default="count", description="count | time (days)")
+
+
+_COMPRESS_LEVELS = {"none": (0, 0), "gz": (0, 9), "bz2": (1, 9), "lz4": (-5, 12), "zst": (-7, 22)}
+
+
+class PgBackRestConfig(_Model):
+    """`pgbackup:pgbackrest`: pgBackRest's own tuning."""
+
+    process_max: int = Field(default=4, ge=1, le=999)
+    compress_type: Literal["none", "gz", "bz2", "lz4", "zst"] = Field(default="zst")
+    compress_level: int = Field(default=3)
+    archive_async: bool = Field(default=True)
+    archive_push_queue_max: str | None = Field(default="4GiB", description="null: never drop WAL")
+    backup_standby: bool = Field(default=True)
+    start_fast: bool = Field(default=False)
+    version: str | None = Field(default=None, description="apt version pin, e.g. 2.45-1 or 2.51*")
+    archive_timeout: int = Field(default=60, ge=1, le=3600, description="Patroni archive_timeout (s): the RPO bound")
+    tls_server_port: int = Field(default=8432, ge=1, le=65535, description="pgBackRest TLS server port")
+
+    @field_validator("archive_push_queue_max")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE.match(value):
+            raise ValueError("expected a size such as 4GiB or 512MiB, or null")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is not None and not _APT_VERSION.match(value):
+            raise ValueError("expected a Debian version such as 2.45-1 or a prefix with '*' such as 2.51*")
+        return value
+
+    @model_validator(mode="after")
+    def _level(self) -> "PgBackRestConfig":
+        low, high = _COMPRESS_LEVELS[self.compress_type]
+        if not low <= self.compress_level <= high:
+            raise ValueError(f"compressLevel: {self.compress_type} takes {low}..{high}, got {self.compress_level}")
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs, validated. Secrets stay `pulumi.Output`s."""
+
+    storage: StorageConfig
+    cluster: ClusterConfig
+    schedule: ScheduleConfig
+    retention: RetentionConfig
+    pgbackrest: PgBackRestConfig
+    ssh_private_key: pulumi.Output[str]
+    cipher_pass: pulumi.Output[str] | None
+    access_key_id: pulumi.Output[str] | None
+    secret_access_key: pulumi.Output[str] | None
+
+
+def _format_error(key: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; keys are camelCase)"
+        elif item["type"] == "missing":
+            msg = "required"
+        # A model validator reports "field: message"; fold the field into the key.
+        if not loc and ": " in msg and " " not in msg.split(": ", 1)[0]:
+            field, msg = msg.split(": ", 1)
+            loc = f".{field}"
+        lines.append(f"{NAMESPACE}:{key}{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse(key: str, raw: Any, model: type[_Model], required: bool) -> Any:
+    if raw is None:
+        if required:
+            raise ConfigError(f"{NAMESPACE}:{key}: required (an object; see Pulumi.yaml)")
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{NAMESPACE}:{key}: expected an object, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(key, err)) from None
+
+
+def _object(config: pulumi.Config, key: str) -> Any:
+    text = config.get(key)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{NAMESPACE}:{key}: expected an object, got {text!r}") from None
+
+
+def parse_settings(raw: Mapping[str, Any]) -> tuple[StorageConfig, ClusterConfig, ScheduleConfig,
+                                                     RetentionConfig, PgBackRestConfig]:
+    """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly."""
+    storage = _parse("storage", raw.get("storage"), StorageConfig, required=True)
+    cluster = _parse("cluster", raw.get("cluster"), ClusterConfig, required=True)
+    schedule = _parse("schedule", raw.get("schedule"), ScheduleConfig, required=False)
+    retention = _parse("retention", raw.get("retention"), RetentionConfig, required=False)
+    pgbackrest = _parse("pgbackrest", raw.get("pgbackrest"), PgBackRestConfig, required=False)
+    if pgbackrest.backup_standby and len(cluster.nodes) < 2:
+        raise ConfigError(
+            f"{NAMESPACE}:pgbackrest.backupStandby: needs at least two nodes in pgbackup:cluster.nodes "
+            "(pgBackRest 2.45 fails when no standby is reachable); set it to false for a single node"
+        )
+    return storage, cluster, schedule, retention, pgbackrest
+
+
+def load_settings(config: pulumi.Config | None = None) -> Settings:
+    """Read and validate `pgbackup:*`. Raises ConfigError before anything is declared."""
+    config = config or pulumi.Config(NAMESPACE)
+    raw = {key: _object(config, key) for key in ("storage", "cluster", "schedule", "retention", "pgbackrest")}
+    storage, cluster, schedule, retention, pgbackrest = parse_settings(raw)
+
+    ssh_key = config.get_secret("sshPrivateKey")
+    if ssh_key is None:
+        raise ConfigError(
+            f"{NAMESPACE}:sshPrivateKey: required (secret): "
+            "pulumi config set --secret pgbackup:sshPrivateKey < ~/.ssh/id_ed25519"
+        )
+    access_key_id = config.get_secret("accessKeyId")
+    secret_access_key = config.get_secret("secretAccessKey")
+    if not storage.create and (access_key_id is None or secret_access_key is None):
+        raise ConfigError(
+            f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: required (secrets) when "
+            f"{NAMESPACE}:storage.create is false"
+        )
+    if storage.create and (access_key_id is not None or secret_access_key is not None):
+        raise ConfigError(
+            f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: only used with storage.create false; "
+            "remove them, or set storage.create to false to use that key"
+        )
+    return Settings(
+        storage=storage,
+        cluster=cluster,
+        schedule=schedule,
+        retention=retention,
+        pgbackrest=pgbackrest,
+        ssh_private_key=ssh_key,
+        cipher_pass=config.get_secret("cipherPass"),
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+    )

@@ -1,0 +1,227 @@
+"""A node's pgBackRest set-up: the package, its files (configuration, certificates, units), and Patroni's
+local replica-creation settings. Three remote steps, run on every node in parallel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi_command import remote
+
+from components.config import NodeConfig, Settings
+from components.layout import (
+    BACKUP_TYPES,
+    METRICS_CALENDAR,
+    METRICS_TIMER,
+    METRICS_UNIT,
+    PATHS,
+    TLS_SERVER_UNIT,
+    backup_unit,
+)
+from components.remote import NodeFile, manifest, remote_step
+from components.render import render, sha256
+
+
+@dataclass(frozen=True)
+class RepositorySecrets:
+    """What pgBackRest needs to reach and decrypt the repository. All secret."""
+
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+    cipher_pass: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """This node's TLS material for pgBackRest's server and client."""
+
+    ca_cert_pem: pulumi.Output[str]
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]
+
+
+def primary_url(settings: Settings, node: NodeConfig) -> str:
+    """Patroni's REST API answers 200 here only on the leader."""
+    return f"http://{node.host}:{settings.cluster.patroni_api_port}/primary"
+
+
+def template_context(settings: Settings, node: NodeConfig, step: str = "") -> dict[str, Any]:
+    """What every template of a node sees (no secrets)."""
+    peers = [peer for peer in settings.cluster.nodes if peer.name != node.name]
+    return {
+        "step": step,
+        "node": node,
+        "peers": peers if settings.pgbackrest.backup_standby else [],
+        "tls_clients": [n.name for n in settings.cluster.nodes],
+        "storage": settings.storage,
+        "cluster": settings.cluster,
+        "retention": settings.retention,
+        "pgbackrest": settings.pgbackrest,
+        "paths": PATHS,
+        "primary_url": primary_url(settings, node),
+    }
+
+
+def archive_command(stanza: str) -> str:
+    return f"pgbackrest --stanza={stanza} archive-push %p"
+
+
+def restore_command(stanza: str) -> str:
+    return f'pgbackrest --stanza={stanza} archive-get %f "%p"'
+
+
+def replica_method(stanza: str) -> dict[str, Any]:
+    """Patroni's pgbackrest replica-creation method (--delta reuses what the data directory holds)."""
+    return {"command": f"/usr/bin/pgbackrest --stanza={stanza} --delta restore", "keep_data": True, "no_params": True}
+
+
+def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
+    """The systemd units, tmpfiles entry and metrics collector: identical content on every node but for
+    the node's own REST API address."""
+    ctx = template_context(settings, node)
+    files = []
+    for kind, pg_type in BACKUP_TYPES.items():
+        unit = backup_unit(kind)
+        files.append(NodeFile(f"{PATHS.unit_dir}/{unit}.service", "0644", "root", "root",
+                              render("systemd/pgbackup-backup.service.j2", **ctx, type=pg_type)))
+        files.append(NodeFile(f"{PATHS.unit_dir}/{unit}.timer", "0644", "root", "root",
+                              render("systemd/pgbackup-backup.timer.j2", **ctx, type=pg_type,
+                                     service=f"{unit}.service", calendar=getattr(settings.schedule, kind),
+                                     randomized_delay_sec=settings.schedule.randomized_delay_sec)))
+    files.append(NodeFile(f"{PATHS.unit_dir}/{METRICS_UNIT}", "0644", "root", "root",
+                          render("systemd/pgbackup-metrics.service.j2", **ctx)))
+    files.append(NodeFile(f"{PATHS.unit_dir}/{METRICS_TIMER}", "0644", "root", "root",
+                          render("systemd/pgbackup-metrics.timer.j2", **ctx, calendar=METRICS_CALENDAR)))
+    files.append(NodeFile(PATHS.metrics_script, "0755", "root", "root",
+                          render("monitoring/pgbackup-metrics.py.j2", **ctx)))
+    files.append(NodeFile(PATHS.tmpfiles, "0644", "root", "root", render("systemd/pgbackup.tmpfiles.j2", **ctx)))
+    if settings.pgbackrest.backup_standby:
+        files.append(NodeFile(f"{PATHS.unit_dir}/{TLS_SERVER_UNIT}", "0644", "root", "root",
+                              render("systemd/pgbackup-tls-server.service.j2", **ctx)))
+    return files
+
+
+def timers() -> list[str]:
+    return [f"{backup_unit(kind)}.timer" for kind in BACKUP_TYPES] + [METRICS_TIMER]
+
+
+def render_config(settings: Settings, node: NodeConfig, secrets: RepositorySecrets) -> pulumi.Output[str]:
+    """This node's pgbackrest.conf. Secret: it holds the S3 key and the cipher passphrase."""
+    ctx = template_context(settings, node)
+
+    def _render(values: list[str]) -> str:
+        access_key_id, secret_access_key, cipher_pass = values
+        return render(
+            "pgbackrest/pgbackrest.conf.j2",
+            **ctx,
+            secrets={"access_key_id": access_key_id, "secret_access_key": secret_access_key,
+                     "cipher_pass": cipher_pass},
+        )
+
+    return pulumi.Output.secret(
+        pulumi.Output.all(secrets.access_key_id, secrets.secret_access_key, secrets.cipher_pass).apply(_render)
+    )
+
+
+@dataclass
+class PgBackRestNodeArgs:
+    node: NodeConfig
+    """The node to set up."""
+    settings: Settings
+    """The whole validated configuration (the node's peers come from it)."""
+    secrets: RepositorySecrets
+    """Repository credentials and the cipher passphrase."""
+    connection: remote.ConnectionArgs
+    """How Pulumi reaches the node over SSH."""
+    tls: NodeTls | None = None
+    """TLS material, with backupStandby."""
+
+
+class PgBackRestNode(pulumi.ComponentResource):
+    """pgBackRest installed and configured on one Patroni node."""
+
+    config_digest: pulumi.Output[str]
+    """sha256 of the node's pgbackrest.conf (secret); cluster steps re-run when it changes."""
+
+    def __init__(self, name: str, args: PgBackRestNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgbackup:node:PgBackRestNode", name, None, opts)
+        settings, node = args.settings, args.node
+
+        def ctx(step: str) -> dict[str, Any]:
+            return template_context(settings, node, step)
+
+        directories = [
+            {"path": PATHS.config_dir, "owner": "postgres", "group": "postgres", "mode": "0750"},
+            {"path": PATHS.log, "owner": "postgres", "group": "postgres", "mode": "0750"},
+            {"path": PATHS.spool, "owner": "postgres", "group": "postgres", "mode": "0750"},
+            {"path": PATHS.lock, "owner": "postgres", "group": "postgres", "mode": "0750"},
+            {"path": PATHS.home, "owner": "postgres", "group": "postgres", "mode": "0750"},
+        ]
+        self.install = remote_step(
+            f"{name}-install",
+            step="install",
+            conn=args.connection,
+            script=render("scripts/install.sh.j2", **ctx("install"), directories=directories),
+            parent=self,
+        )
+
+        config = render_config(settings, node, args.secrets)
+        files = [NodeFile(PATHS.config, "0640", "postgres", "postgres", config)]
+        if settings.storage.ca_cert:
+            files.append(NodeFile(PATHS.storage_ca, "0644", "root", "root", settings.storage.ca_cert))
+        if args.tls is not None:
+            files += [
+                NodeFile(PATHS.tls_ca, "0644", "root", "root", args.tls.ca_cert_pem),
+                NodeFile(PATHS.tls_cert, "0644", "root", "root", args.tls.cert_pem),
+                NodeFile(PATHS.tls_key, "0600", "postgres", "postgres", args.tls.key_pem),
+            ]
+        files += unit_files(settings, node)
+        self.files = remote_step(
+            f"{name}-files",
+            step="files",
+            conn=args.connection,
+            script=render("scripts/files.sh.j2", **ctx("files"), tls_server=args.tls is not None),
+            stdin=manifest(files),
+            parent=self,
+            depends_on=[self.install],
+        )
+
+        stanza = settings.cluster.stanza
+        self.patroni = remote_step(
+            f"{name}-patroni",
+            step="patroni-local",
+            conn=args.connection,
+            script=render(
+                "scripts/patroni-local.sh.j2",
+                **ctx("patroni-local"),
+                methods=["pgbackrest", "basebackup"],
+                method=replica_method(stanza),
+            ),
+            parent=self,
+            depends_on=[self.files],
+        )
+        self.config_digest = pulumi.Output.secret(config.apply(lambda text: sha256(text)))
+        self.units_digest = sha256(*(f"{f.path}\n{f.content}" for f in unit_files(settings, node)))
+        self.register_outputs({"config_digest": self.config_digest, "units_digest": self.units_digest})
+
+
+def dynamic_config(settings: Settings) -> str:
+    """Patroni's dynamic configuration for archiving, rendered from templates/patroni/dynamic.yaml.j2."""
+    stanza = settings.cluster.stanza
+    return render(
+        "patroni/dynamic.yaml.j2",
+        archive_command=archive_command(stanza),
+        restore_command=restore_command(stanza),
+        archive_timeout=settings.pgbackrest.archive_timeout,
+    )
+
+
+def parse_verify(stdout: str) -> dict[str, Any]:
+    """The JSON line the verify step prints: {node, role, info}."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            result: dict[str, Any] = json.loads(line)
+            return result
+    raise ValueError(f"the verify step printed no JSON line: {stdout[-400:]!r}")

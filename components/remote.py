@@ -1,0 +1,82 @@
+"""One remote step: a pulumi-command `remote.Command` running a rendered bash script on a node.
+
+The script travels as the command (no secret is ever rendered into it); data, secrets included, travels on
+stdin. `add_previous_output_in_env` is off: pgbackup's steps never need their previous output, and the
+remote sshd would need AcceptEnv for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from components.config import NodeConfig
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """A file that lands on a node: its path, mode, owner, group and content (possibly secret)."""
+
+    path: str
+    mode: str
+    owner: str
+    group: str
+    content: pulumi.Input[str]
+
+
+def manifest(files: Sequence[NodeFile]) -> pulumi.Output[str]:
+    """The stdin of the `files` step: "path mode owner group base64" per line. Secret, as a whole."""
+
+    def lines(contents: list[str]) -> str:
+        return "".join(
+            f"{f.path} {f.mode} {f.owner} {f.group} {base64.b64encode(c.encode()).decode()}\n"
+            for f, c in zip(files, contents)
+        )
+
+    return pulumi.Output.secret(pulumi.Output.all(*[f.content for f in files]).apply(lines))
+
+
+def connection(node: NodeConfig, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
+    return remote.ConnectionArgs(
+        host=node.host,
+        port=node.port,
+        user=node.user,
+        private_key=private_key,
+        host_key=node.host_key,
+        dial_error_limit=3,
+        per_dial_timeout=15,
+    )
+
+
+def bash(script: str, step: str) -> str:
+    """The command string: bash runs the script (the login shell may be dash); $0 names the step."""
+    return f"bash -c {shlex.quote(script)} pgbackup-{step}"
+
+
+def remote_step(
+    name: str,
+    *,
+    step: str,
+    conn: remote.ConnectionArgs,
+    script: str,
+    parent: pulumi.Resource,
+    stdin: pulumi.Input[str] | None = None,
+    triggers: Sequence[pulumi.Input[str]] | None = None,
+    delete: str | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> remote.Command:
+    return remote.Command(
+        name,
+        connection=conn,
+        create=bash(script, step),
+        delete=bash(delete, f"{step}-delete") if delete else None,
+        stdin=stdin,
+        triggers=list(triggers) if triggers else None,
+        add_previous_output_in_env=False,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
+    )

@@ -1,0 +1,220 @@
+"""Object storage: the bucket that holds the repository and an access key that reaches only it.
+
+Provider differences live in `_BACKENDS` (one function per provider family); everything else is shared.
+The bucket is retained on `pulumi destroy`: it holds the backups.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_minio as minio
+import pulumi_random as random
+
+from components.b2 import B2ApplicationKey, B2ApplicationKeyArgs, B2Bucket, B2BucketArgs
+from components.config import StorageConfig
+
+# Where a provider's IAM API lives and the region it is signed for, when it is not the S3 endpoint.
+_IAM_ENDPOINTS: dict[str, tuple[str, str]] = {"wasabi": ("https://iam.wasabisys.com", "us-east-1")}
+
+# What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
+# Versions: pgBackRest reads a specific version of a file on restore (repo-target-time) and tags objects.
+S3_OBJECT_ACTIONS = [
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:PutObject",
+    "s3:PutObjectTagging",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+]
+
+
+def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
+    """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ListRepository",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
+            },
+            {
+                "Sid": "ReadWriteRepository",
+                "Effect": "Allow",
+                "Action": S3_OBJECT_ACTIONS,
+                "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+            },
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+
+
+Backend = Callable[["BackupRepository", str, StorageConfig, str], Credentials]
+
+
+def _b2(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+    bucket = B2Bucket(
+        f"{name}-bucket",
+        B2BucketArgs(bucket_name=storage.bucket, hidden_file_retention_days=storage.hidden_version_days),
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=False),
+    )
+    key = B2ApplicationKey(
+        f"{name}-key",
+        B2ApplicationKeyArgs(key_name=key_name, bucket_id=bucket.bucket_id, name_prefix=f"{storage.key_prefix}/"),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    return Credentials(key.application_key_id, key.application_key)
+
+
+def _aws_compatible(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+    """Wasabi and generic S3 (AWS, Ceph RGW, ...): pulumi-aws pointed at the provider's endpoints."""
+    s3_url = f"https://{storage.endpoint}"
+    iam_url, iam_region = _IAM_ENDPOINTS.get(storage.provider, (s3_url, storage.region or "us-east-1"))
+    common = dict(
+        skip_credentials_validation=True,
+        skip_region_validation=True,
+        skip_requesting_account_id=True,
+        skip_metadata_api_check=True,
+    )
+    s3 = aws.Provider(
+        f"{name}-s3",
+        region=storage.region,
+        endpoints=[aws.ProviderEndpointArgs(s3=s3_url, sts=s3_url)],
+        s3_use_path_style=storage.uri_style == "path",
+        opts=pulumi.ResourceOptions(parent=parent),
+        **common,  # type: ignore[arg-type]
+    )
+    iam = aws.Provider(
+        f"{name}-iam",
+        region=iam_region,
+        endpoints=[aws.ProviderEndpointArgs(iam=iam_url, sts=iam_url)],
+        opts=pulumi.ResourceOptions(parent=parent),
+        **common,  # type: ignore[arg-type]
+    )
+    bucket = aws.s3.Bucket(
+        f"{name}-bucket",
+        bucket=storage.bucket,
+        force_destroy=False,
+        opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True),
+    )
+    aws.s3.BucketVersioning(
+        f"{name}-versioning",
+        bucket=bucket.id,
+        versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+        opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True),
+    )
+    user = aws.iam.User(f"{name}-user", name=key_name, opts=pulumi.ResourceOptions(parent=parent, provider=iam))
+    aws.iam.UserPolicy(
+        f"{name}-policy",
+        user=user.name,
+        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix), sort_keys=True),
+        opts=pulumi.ResourceOptions(parent=parent, provider=iam),
+    )
+    key = aws.iam.AccessKey(f"{name}-key", user=user.name, opts=pulumi.ResourceOptions(parent=parent, provider=iam))
+    return Credentials(key.id, key.secret)
+
+
+def _minio(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+    """Self-hosted MinIO: its own provider; admin credentials from MINIO_USER / MINIO_PASSWORD."""
+    provider = minio.Provider(
+        f"{name}-minio",
+        minio_server=storage.endpoint,
+        minio_region=storage.region,
+        minio_ssl=True,
+        minio_insecure=not storage.verify_tls,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    bucket = minio.S3Bucket(
+        f"{name}-bucket",
+        bucket=storage.bucket,
+        acl="private",
+        force_destroy=False,
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
+    )
+    minio.S3BucketVersioning(
+        f"{name}-versioning",
+        bucket=bucket.bucket,
+        versioning_configuration=minio.S3BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
+    )
+    password = random.RandomPassword(
+        f"{name}-secret", length=40, special=False, opts=pulumi.ResourceOptions(parent=parent)
+    )
+    user = minio.IamUser(
+        f"{name}-user",
+        name=key_name,
+        secret=password.result,
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, additional_secret_outputs=["secret"]),
+    )
+    policy = minio.IamPolicy(
+        f"{name}-policy",
+        name=key_name,
+        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix), sort_keys=True),
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider),
+    )
+    minio.IamUserPolicyAttachment(
+        f"{name}-attachment",
+        user_name=user.name,
+        policy_name=policy.name,
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider),
+    )
+    return Credentials(user.name, pulumi.Output.secret(password.result))
+
+
+_BACKENDS: dict[str, Backend] = {"b2": _b2, "wasabi": _aws_compatible, "s3": _aws_compatible, "minio": _minio}
+
+
+@dataclass
+class BackupRepositoryArgs:
+    storage: StorageConfig
+    """The validated `pgbackup:storage` object."""
+    key_name: str
+    """Name of the access key / IAM user made for pgBackRest."""
+    access_key_id: pulumi.Input[str] | None = None
+    """With `storage.create` false: the existing key's id (secret config)."""
+    secret_access_key: pulumi.Input[str] | None = None
+    """With `storage.create` false: the existing key's secret (secret config)."""
+
+
+class BackupRepository(pulumi.ComponentResource):
+    """A bucket and a key limited to its repository path, on the configured provider."""
+
+    bucket: pulumi.Output[str]
+    endpoint: pulumi.Output[str]
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+
+    def __init__(self, name: str, args: BackupRepositoryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgbackup:storage:BackupRepository", name, None, opts)
+        storage = args.storage
+        if storage.create:
+            credentials = _BACKENDS[storage.provider](self, name, storage, args.key_name)
+        else:
+            assert args.access_key_id is not None and args.secret_access_key is not None
+            credentials = Credentials(pulumi.Output.from_input(args.access_key_id),
+                                      pulumi.Output.from_input(args.secret_access_key))
+        self.bucket = pulumi.Output.from_input(storage.bucket)
+        self.endpoint = pulumi.Output.from_input(storage.endpoint or "")
+        self.access_key_id = credentials.access_key_id
+        self.secret_access_key = pulumi.Output.secret(credentials.secret_access_key)
+        self.register_outputs(
+            {
+                "bucket": self.bucket,
+                "endpoint": self.endpoint,
+                "access_key_id": self.access_key_id,
+                "secret_access_key": self.secret_access_key,
+            }
+        )

@@ -1,0 +1,221 @@
+"""Runs the real __main__.py under Pulumi's mocks and records what it declares.
+
+`run_program(config)` returns a `Run`: every registered resource (type, name, inputs as the engine receives
+them), the stack outputs (values and which are secret), in registration order. Remote commands get a
+stdout from `command_stdout`, by default what a healthy cluster's steps print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import runpy
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pulumi
+from pulumi.runtime import settings as pulumi_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = ROOT / "__main__.py"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+# Sentinels: if one of these strings shows up in a command string or an environment entry, a secret leaked.
+SENTINELS = {
+    "sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nSENTINEL-SSH-KEY-7f3a\n-----END OPENSSH PRIVATE KEY-----",
+    "cipherPass": "SENTINEL-CIPHER-PASS-91bd",
+    "accessKeyId": "SENTINELKEYID0042",
+    "secretAccessKey": "SENTINEL-SECRET-ACCESS-KEY-5c2e",
+    "providerSecret": "SENTINEL-PROVIDER-SECRET-e4d1",
+    "tlsKey": "-----BEGIN PRIVATE KEY-----\nSENTINEL-TLS-KEY-3b8c\n-----END PRIVATE KEY-----",
+}
+
+
+def unwrap(value: Any) -> Any:
+    """Strip the engine's secret envelopes (a dict with SECRET_SIG and 'value')."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270" or (SECRET_SIG in value and "value" in value):
+            return unwrap(value["value"])
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def is_wrapped_secret(value: Any) -> bool:
+    return isinstance(value, dict) and SECRET_SIG in value and "value" in value
+
+
+def verify_report(name: str, role: str, info: Any) -> str:
+    return json.dumps({"node": name, "role": role, "info": info}, sort_keys=True)
+
+
+HEALTHY_INFO = [
+    {
+        "name": "stanza",
+        "status": {"code": 0, "message": "ok"},
+        "archive": [{"id": "15-1", "min": "000000010000000000000003", "max": "000000010000000000000009"}],
+        "backup": [
+            {"label": "20261122-020000F", "type": "full", "timestamp": {"start": 1795312800, "stop": 1795313000}},
+            {"label": "20261122-020000F_20261123-020000I", "type": "incr",
+             "timestamp": {"start": 1795399200, "stop": 1795399300}},
+        ],
+    }
+]
+
+
+def healthy_stdout(args: pulumi.runtime.MockResourceArgs) -> str:
+    """What a healthy cluster prints: the first node is the leader."""
+    name = args.name
+    if name.endswith("-verify"):
+        node = name.removeprefix("cluster-").removesuffix("-verify")
+        leader = node == LEADER.get("name")
+        return verify_report(node, "leader" if leader else "replica", HEALTHY_INFO if leader else None) + "\n"
+    return ""
+
+
+LEADER: dict[str, str] = {}
+
+
+@dataclass
+class Resource:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    raw_inputs: dict[str, Any]
+
+
+@dataclass
+class Run:
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, typ: str) -> list[Resource]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def named(self, name: str) -> Resource:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"{name}: {len(matches)} resources ({[r.name for r in self.resources]})"
+        return matches[0]
+
+    @property
+    def commands(self) -> list[Resource]:
+        return self.of_type("command:remote:Command")
+
+
+class ProgramMocks(pulumi.runtime.Mocks):
+    def __init__(self, run: Run, command_stdout: Callable[[pulumi.runtime.MockResourceArgs], str]) -> None:
+        self.run = run
+        self.command_stdout = command_stdout
+        self.lock = threading.Lock()
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        with self.lock:
+            self.run.resources.append(Resource(args.typ, args.name, unwrap(args.inputs), args.inputs))
+        state = dict(args.inputs)
+        rid = f"{args.name}-id"
+        if args.typ == "command:remote:Command":
+            state.update(stdout=self.command_stdout(args), stderr="")
+        elif args.typ == "aws:iam/accessKey:AccessKey":
+            rid = "AKIAMOCKKEYID"
+            state.update(secret=SENTINELS["providerSecret"])
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            state.update(result=SENTINELS["providerSecret"] + "-" + args.name)
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            state.update(private_key_pem=SENTINELS["tlsKey"], public_key_pem="PUBLIC " + args.name)
+        elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            state.update(cert_pem=f"-----BEGIN CERTIFICATE-----\n{args.name}\n-----END CERTIFICATE-----\n")
+        elif args.typ == "tls:index/certRequest:CertRequest":
+            state.update(cert_request_pem=f"CSR {args.name}")
+        elif args.typ == "pulumi-python:dynamic:Resource":
+            if "key_name" in args.inputs:
+                state.update(application_key_id="b2keyid-" + args.name, application_key=SENTINELS["providerSecret"])
+            else:
+                state.update(bucket_id="b2bucketid-" + args.name)
+        elif args.typ == "minio:index/iamUser:IamUser":
+            rid = str(unwrap(args.inputs).get("name", args.name))
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def stack_config(**overrides: Any) -> dict[str, Any]:
+    """A valid three-node configuration on generic S3; keyword arguments replace whole keys."""
+    config: dict[str, Any] = {
+        "storage": {"provider": "s3", "endpoint": "s3.example.net", "region": "eu-central-1", "bucket": "pg-backups"},
+        "cluster": {
+            "stanza": "main",
+            "pgVersion": 15,
+            "nodes": [
+                {"name": "pg1", "host": "pg1.example.net"},
+                {"name": "pg2", "host": "pg2.example.net"},
+                {"name": "pg3", "host": "pg3.example.net"},
+            ],
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def run_program(
+    config: dict[str, Any],
+    *,
+    secrets: dict[str, str] | None = None,
+    command_stdout: Callable[[pulumi.runtime.MockResourceArgs], str] = healthy_stdout,
+    preview: bool = False,
+    stack: str = "test",
+) -> Run:
+    """Evaluate __main__.py once with `config` (pgbackup:<key> -> object) and the given secrets."""
+    secrets = {"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": SENTINELS["cipherPass"]} if secrets is None \
+        else secrets
+    nodes = (config.get("cluster") or {}).get("nodes") or [{}]
+    LEADER["name"] = nodes[0].get("name", "") if isinstance(nodes[0], dict) else ""
+    run = Run()
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(ProgramMocks(run, command_stdout), project="pgbackup", stack=stack, preview=preview)
+    values = {f"pgbackup:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    values.update({f"pgbackup:{k}": v for k, v in secrets.items()})
+    pulumi.runtime.set_all_config(values, secret_keys=[f"pgbackup:{k}" for k in secrets])
+
+    @pulumi.runtime.test
+    def body() -> Any:
+        runpy.run_path(str(MAIN), run_name="__main__")
+        root = pulumi_settings.get_root_resource()
+        outputs: dict[str, Any] = dict(getattr(root, "outputs", {}))
+
+        async def collect() -> None:
+            for key, value in outputs.items():
+                out = pulumi.Output.from_input(value)
+                run.outputs[key] = await out.future(with_unknowns=True)
+                if await out.is_secret():
+                    run.secret_outputs.add(key)
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    body()
+    return run
+
+
+def node_files(run: Run, node: str) -> dict[str, dict[str, str]]:
+    """The files the `files` step of `node` installs, decoded from its stdin manifest."""
+    import base64
+
+    manifest = run.named(f"cluster-{node}-files").inputs["stdin"]
+    files = {}
+    for line in manifest.splitlines():
+        path, mode, owner, group, data = line.split(" ")
+        files[path] = {"mode": mode, "owner": owner, "group": group, "content": base64.b64decode(data).decode()}
+    return files
+
+
+def script_of(command: Resource, key: str = "create") -> str:
+    """The bash script inside a step's command string (`bash -c '<script>' pgbackup-<step>`)."""
+    import shlex
+
+    words = shlex.split(command.inputs[key])
+    assert words[0:2] == ["bash", "-c"] and len(words) == 4, words[:2]
+    return words[2]
