@@ -49,7 +49,7 @@ def is_valid_host(value: str) -> bool:
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
+        alias_generator=to_camel, extra="forbid", frozen=True, strict=True
     )
 
 
@@ -129,6 +129,8 @@ class StorageConfig(_Model):
 
     @model_validator(mode="after")
     def _derive(self) -> "StorageConfig":
+        if self.provider == "b2" and (not re.match(r"^[a-z0-9-]{6,63}$", self.bucket) or self.bucket.startswith("b2-")):
+            raise ValueError("bucket: B2 takes 6-63 lower-case letters, digits and '-', not starting with 'b2-'")
         region = self.region or _DEFAULT_REGION[self.provider]
         if region is None:
             raise ValueError(f"region: required for provider {self.provider}")
@@ -222,20 +224,15 @@ class ClusterConfig(_Model):
     def _paths(cls, value: str | None) -> str | None:
         return None if value is None else _check_path(value)
 
-    @field_validator("nodes")
-    @classmethod
-    def _unique(cls, nodes: list[NodeConfig]) -> list[NodeConfig]:
-        for attr in ("name", "host"):
-            seen: dict[str, int] = {}
-            for i, node in enumerate(nodes):
-                value = getattr(node, attr)
-                if value in seen:
-                    raise ValueError(f"nodes[{i}].{attr}: {value!r} already used by nodes[{seen[value]}]")
-                seen[value] = i
-        return nodes
-
     @model_validator(mode="after")
     def _derive(self) -> "ClusterConfig":
+        for attr in ("name", "host"):
+            seen: dict[str, int] = {}
+            for i, node in enumerate(self.nodes):
+                value = getattr(node, attr)
+                if value in seen:
+                    raise ValueError(f"nodes[{i}].{attr}: {value!r} is already used by nodes[{seen[value]}]")
+                seen[value] = i
         if self.pg_data is None:
             object.__setattr__(self, "pg_data", f"/var/lib/postgresql/{self.pg_version}/main")
         return self

@@ -90,6 +90,8 @@ class Resource:
 @dataclass
 class Run:
     resources: list[Resource] = field(default_factory=list)
+    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
+    """Each resource's options as the program gave them (recorded by a stack transformation)."""
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
 
@@ -107,8 +109,10 @@ class Run:
 
 
 class ProgramMocks(pulumi.runtime.Mocks):
-    def __init__(self, run: Run, command_stdout: Callable[[pulumi.runtime.MockResourceArgs], str]) -> None:
+    def __init__(self, run: Run, command_stdout: Callable[[pulumi.runtime.MockResourceArgs], str],
+                 preview: bool = False) -> None:
         self.run = run
+        self.preview = preview
         self.command_stdout = command_stdout
         self.lock = threading.Lock()
 
@@ -118,7 +122,9 @@ class ProgramMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         rid = f"{args.name}-id"
         if args.typ == "command:remote:Command":
-            state.update(stdout=self.command_stdout(args), stderr="")
+            # In a preview nothing runs: stdout stays unknown, as the engine reports it.
+            if not self.preview:
+                state.update(stdout=self.command_stdout(args), stderr="")
         elif args.typ == "aws:iam/accessKey:AccessKey":
             rid = "AKIAMOCKKEYID"
             state.update(secret=SENTINELS["providerSecret"])
@@ -130,7 +136,7 @@ class ProgramMocks(pulumi.runtime.Mocks):
             state.update(cert_pem=f"-----BEGIN CERTIFICATE-----\n{args.name}\n-----END CERTIFICATE-----\n")
         elif args.typ == "tls:index/certRequest:CertRequest":
             state.update(cert_request_pem=f"CSR {args.name}")
-        elif args.typ == "pulumi-python:dynamic:Resource":
+        elif args.typ.startswith("pulumi-python:dynamic"):
             if "key_name" in args.inputs:
                 state.update(application_key_id="b2keyid-" + args.name, application_key=SENTINELS["providerSecret"])
             else:
@@ -176,13 +182,17 @@ def run_program(
     LEADER["name"] = nodes[0].get("name", "") if isinstance(nodes[0], dict) else ""
     run = Run()
     pulumi_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(ProgramMocks(run, command_stdout), project="pgbackup", stack=stack, preview=preview)
+    pulumi.runtime.set_mocks(ProgramMocks(run, command_stdout, preview), project="pgbackup", stack=stack, preview=preview)
     values = {f"pgbackup:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values.update({f"pgbackup:{k}": v for k, v in secrets.items()})
     pulumi.runtime.set_all_config(values, secret_keys=[f"pgbackup:{k}" for k in secrets])
 
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        run.options[args.name] = args.opts
+
     @pulumi.runtime.test
     def body() -> Any:
+        pulumi.runtime.register_stack_transformation(record)
         runpy.run_path(str(MAIN), run_name="__main__")
         root = pulumi_settings.get_root_resource()
         outputs: dict[str, Any] = dict(getattr(root, "outputs", {}))

@@ -1,0 +1,352 @@
+"""Backblaze B2 bucket and application key as Pulumi dynamic resources (no B2 Pulumi package exists).
+
+The account's admin key is read by the provider at call time from B2_APPLICATION_KEY_ID and
+B2_APPLICATION_KEY (the b2 CLI's names). It is never an input, and the providers hold no state, so
+nothing secret is pickled into the Pulumi state with them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+from b2sdk.v2 import B2Api, InMemoryAccountInfo, LifecycleRule
+from b2sdk.v2.exception import B2Error, DuplicateBucketName
+from pulumi.runtime import rpc
+
+ENV_KEY_ID = "B2_APPLICATION_KEY_ID"
+ENV_KEY = "B2_APPLICATION_KEY"
+
+BUCKET_TYPE = "allPrivate"
+
+# What pgBackRest needs through B2's S3-compatible API, and no more. pgBackRest (src/storage/s3/storage.c)
+# only issues object-level requests: ListObjectsV2 on the repo prefix (listFiles), HEAD/GET object
+# (readFiles), PUT and multipart upload (writeFiles), DeleteObjects/DeleteObject (writeFiles to delete by
+# name, deleteFiles for versions). B2's "S3-Compatible App Keys" page
+# (https://www.backblaze.com/docs/cloud-storage-s3-compatible-app-keys) maps `listBuckets` to the S3
+# ListBuckets and HeadBucket calls, which pgBackRest never makes; the same page recommends
+# `listAllBucketNames` for bucket-restricted keys only "for compatibility with SDKs and integrations" that
+# list buckets. So neither is granted by default; pass `capabilities` explicitly to add them.
+DEFAULT_KEY_CAPABILITIES: tuple[str, ...] = ("listFiles", "readFiles", "writeFiles", "deleteFiles")
+
+# B2 naming rules (b2_create_bucket / b2_create_key documentation).
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9-]{6,63}$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+
+
+class B2ProviderError(RuntimeError):
+    """A B2 call made by a dynamic provider failed (the message names the operation, never a secret)."""
+
+
+class B2CredentialsError(B2ProviderError):
+    """The admin key environment variables are missing."""
+
+
+def _credentials() -> tuple[str, str]:
+    """The admin key from the environment, read at call time."""
+    key_id = os.environ.get(ENV_KEY_ID, "").strip()
+    key = os.environ.get(ENV_KEY, "").strip()
+    missing = [name for name, value in ((ENV_KEY_ID, key_id), (ENV_KEY, key)) if not value]
+    if missing:
+        raise B2CredentialsError(
+            f"B2 credentials missing: set both {ENV_KEY_ID} and {ENV_KEY} (an account key allowed to manage "
+            f"buckets and keys, as used by the b2 CLI) in the environment of `pulumi`; "
+            f"not set: {', '.join(missing)}"
+        )
+    return key_id, key
+
+
+def _make_api() -> B2Api:
+    """A fresh, authorized B2Api. Module-level so tests can replace it; never stored on a provider."""
+    key_id, key = _credentials()
+    api = B2Api(InMemoryAccountInfo())
+    with _b2_errors(f"authorization with the key from {ENV_KEY_ID}/{ENV_KEY}"):
+        api.authorize_account("production", key_id, key)
+    return api
+
+
+@contextmanager
+def _b2_errors(operation: str) -> Iterator[None]:
+    """Re-raise b2sdk errors with the operation and the bucket or key it concerned."""
+    try:
+        yield
+    except B2Error as exc:
+        raise B2ProviderError(f"B2 {operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """The value of a property, unwrapped if Pulumi passed it as a secret."""
+    return rpc.unwrap_rpc_secret(value)
+
+
+def _is_known(value: Any) -> bool:
+    """False for values unknown during a preview (they are neither str nor number nor list)."""
+    return isinstance(value, (str, int, float, list, tuple)) and not isinstance(value, bool)
+
+
+# --- bucket ---------------------------------------------------------------------------------------
+
+
+def _lifecycle_rules(days: int) -> list[LifecycleRule]:
+    """One rule on the whole bucket: a version hidden by a delete is removed `days` later."""
+    return [{"fileNamePrefix": "", "daysFromHidingToDeleting": days, "daysFromUploadingToHiding": None}]
+
+
+def _days_from_rules(rules: Any) -> int | None:
+    """The retention days if `rules` are exactly the rules this resource sets, else None (drift)."""
+    if not isinstance(rules, list) or len(rules) != 1 or not isinstance(rules[0], dict):
+        return None
+    rule = {k: v for k, v in rules[0].items() if v is not None}
+    days = rule.get("daysFromHidingToDeleting")
+    if not isinstance(days, int) or rule != {"fileNamePrefix": "", "daysFromHidingToDeleting": days}:
+        return None
+    return days
+
+
+def _bucket_outputs(bucket_id: str, bucket_name: str, days: int | None) -> dict[str, Any]:
+    return {"bucket_id": bucket_id, "bucket_name": bucket_name, "hidden_file_retention_days": days}
+
+
+class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
+    """CRUD for a private B2 bucket. Holds no state: the API is built per call by `_make_api()`."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
+        failures = []
+        name = _plain(news.get("bucket_name"))
+        if isinstance(name, str) and (not _BUCKET_NAME.match(name) or name.lower().startswith("b2-")):
+            failures.append(
+                pulumi.dynamic.CheckFailure(
+                    "bucket_name", "B2 bucket names are 6-63 letters, digits or '-', not starting with 'b2-'"
+                )
+            )
+        days = _plain(news.get("hidden_file_retention_days"))
+        if _is_known(days) and not (isinstance(days, (int, float)) and float(days).is_integer() and days >= 1):
+            failures.append(pulumi.dynamic.CheckFailure("hidden_file_retention_days", "expected an integer >= 1"))
+        return pulumi.dynamic.CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        name = str(_plain(props["bucket_name"]))
+        days = int(_plain(props["hidden_file_retention_days"]))
+        rules = _lifecycle_rules(days)
+        api = _make_api()
+        with _b2_errors(f"lookup of bucket '{name}'"):
+            existing = api.list_buckets(bucket_name=name)
+        if existing:
+            bucket = existing[0]
+            with _b2_errors(f"update of existing bucket '{name}'"):
+                bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules)
+            pulumi.log.info(
+                f"B2 bucket '{name}' ({bucket.id_}) already exists in this account: adopted it, set it "
+                f"{BUCKET_TYPE} (was {bucket.type_}) and replaced its lifecycle rules {bucket.lifecycle_rules!r} "
+                f"with {rules!r}"
+            )
+            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, days))
+        try:
+            bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=rules)
+        except DuplicateBucketName as exc:
+            raise B2ProviderError(
+                f"B2 creation of bucket '{name}' failed: the name is taken, and not by this account "
+                "(bucket names are global across B2); choose another bucket name"
+            ) from exc
+        except B2Error as exc:
+            raise B2ProviderError(f"B2 creation of bucket '{name}' failed: {type(exc).__name__}: {exc}") from exc
+        pulumi.log.info(f"B2 bucket '{name}' ({bucket.id_}) created, {BUCKET_TYPE}")
+        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, days))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        replaces = []
+        if _plain(olds.get("bucket_name")) != _plain(news.get("bucket_name")):
+            replaces.append("bucket_name")
+        old_days = _plain(olds.get("hidden_file_retention_days"))
+        new_days = _plain(news.get("hidden_file_retention_days"))
+        days_changed = not (
+            isinstance(old_days, (int, float)) and isinstance(new_days, (int, float)) and old_days == new_days
+        )
+        return pulumi.dynamic.DiffResult(
+            changes=bool(replaces) or days_changed, replaces=replaces, delete_before_replace=False
+        )
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        name = str(_plain(news["bucket_name"]))
+        days = int(_plain(news["hidden_file_retention_days"]))
+        api = _make_api()
+        with _b2_errors(f"update of the lifecycle rules of bucket '{name}' ({id_})"):
+            bucket = api.get_bucket_by_id(id_)
+            bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=_lifecycle_rules(days))
+        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, days))
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        api = _make_api()
+        with _b2_errors(f"read of bucket {id_}"):
+            found = api.list_buckets(bucket_id=id_)
+        if not found:
+            return pulumi.dynamic.ReadResult("", {})
+        bucket = found[0]
+        return pulumi.dynamic.ReadResult(
+            id_, _bucket_outputs(bucket.id_, str(bucket.name), _days_from_rules(bucket.lifecycle_rules))
+        )
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        # Never delete: the bucket holds the backups. (B2 would refuse a non-empty bucket anyway.)
+        pulumi.log.info(
+            f"B2 bucket '{_plain(props.get('bucket_name'))}' ({id_}) retained: it holds the backups; "
+            "it is only removed from the Pulumi state"
+        )
+
+
+# --- application key ------------------------------------------------------------------------------
+
+
+def _capability_list(value: Any) -> list[str]:
+    return [str(_plain(c)) for c in _plain(value)]
+
+
+class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
+    """CRUD for a B2 application key restricted to one bucket and a name prefix. Keys are immutable."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
+        failures = []
+        key_name = _plain(news.get("key_name"))
+        if isinstance(key_name, str) and not _KEY_NAME.match(key_name):
+            failures.append(pulumi.dynamic.CheckFailure("key_name", "B2 key names are 1-100 letters, digits or '-'"))
+        prefix = _plain(news.get("name_prefix"))
+        if isinstance(prefix, str) and prefix.startswith("/"):
+            failures.append(
+                pulumi.dynamic.CheckFailure("name_prefix", "B2 file names have no leading '/': drop it from the prefix")
+            )
+        caps = _plain(news.get("capabilities"))
+        if isinstance(caps, list) and not caps:
+            failures.append(pulumi.dynamic.CheckFailure("capabilities", "at least one capability is needed"))
+        return pulumi.dynamic.CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        key_name = str(_plain(props["key_name"]))
+        bucket_id = str(_plain(props["bucket_id"]))
+        prefix = _plain(props.get("name_prefix")) or ""
+        capabilities = _capability_list(props["capabilities"])
+        api = _make_api()
+        with _b2_errors(f"creation of application key '{key_name}' for bucket {bucket_id}"):
+            key = api.create_key(
+                capabilities=capabilities,
+                key_name=key_name,
+                bucket_id=bucket_id,
+                name_prefix=prefix or None,  # empty: the whole bucket
+            )
+        return pulumi.dynamic.CreateResult(
+            key.id_,
+            {
+                "key_name": key_name,
+                "bucket_id": bucket_id,
+                "name_prefix": prefix,
+                "capabilities": capabilities,
+                "application_key_id": key.id_,
+                "application_key": key.application_key,
+            },
+        )
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        immutable = ("key_name", "bucket_id", "name_prefix")
+        replaces = [prop for prop in immutable if _plain(olds.get(prop)) != _plain(news.get(prop))]
+        old_caps, new_caps = _plain(olds.get("capabilities")), _plain(news.get("capabilities"))
+        if not (
+            isinstance(old_caps, list)
+            and isinstance(new_caps, list)
+            and all(isinstance(_plain(c), str) for c in new_caps)
+            and sorted(_capability_list(old_caps)) == sorted(_capability_list(new_caps))
+        ):
+            replaces.append("capabilities")
+        return pulumi.dynamic.DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=False)
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        api = _make_api()
+        with _b2_errors(f"read of application key '{_plain(props.get('key_name'))}' ({id_})"):
+            key = api.get_key(id_)
+        if key is None:
+            return pulumi.dynamic.ReadResult("", {})
+        # B2 never returns the secret again: keep the recorded outputs.
+        return pulumi.dynamic.ReadResult(id_, props)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        what = f"application key '{_plain(props.get('key_name'))}' ({id_})"
+        api = _make_api()
+        try:
+            with _b2_errors(f"deletion of {what}"):
+                api.delete_key_by_id(id_)
+        except B2ProviderError:
+            try:
+                gone = api.get_key(id_) is None
+            except B2Error:
+                gone = False
+            if not gone:
+                raise
+            pulumi.log.info(f"B2 {what} was already deleted")
+
+
+# --- resources ------------------------------------------------------------------------------------
+
+
+@dataclass
+class B2BucketArgs:
+    """Inputs of `B2Bucket`."""
+
+    bucket_name: pulumi.Input[str]
+    hidden_file_retention_days: pulumi.Input[int] = 1
+
+
+@dataclass
+class B2ApplicationKeyArgs:
+    """Inputs of `B2ApplicationKey`. `name_prefix` has no leading '/', e.g. 'pgbackrest/'; '' is the whole bucket."""
+
+    key_name: pulumi.Input[str]
+    bucket_id: pulumi.Input[str]
+    name_prefix: pulumi.Input[str] = ""
+    capabilities: pulumi.Input[Sequence[pulumi.Input[str]]] = field(
+        default_factory=lambda: list(DEFAULT_KEY_CAPABILITIES)
+    )
+
+
+class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
+    """A private B2 bucket (adopted if it already exists). Never deleted by Pulumi: it holds the backups."""
+
+    bucket_id: pulumi.Output[str]
+    bucket_name: pulumi.Output[str]
+    hidden_file_retention_days: pulumi.Output[int]
+
+    def __init__(self, resource_name: str, args: B2BucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {
+            "bucket_name": args.bucket_name,
+            "hidden_file_retention_days": args.hidden_file_retention_days,
+            "bucket_id": None,
+        }
+        super().__init__(_B2BucketProvider(), resource_name, props, opts)
+
+
+class B2ApplicationKey(pulumi.dynamic.Resource, module="b2", name="ApplicationKey"):
+    """A B2 application key for one bucket and prefix; `application_key` is a secret output."""
+
+    application_key_id: pulumi.Output[str]
+    application_key: pulumi.Output[str]
+    key_name: pulumi.Output[str]
+    bucket_id: pulumi.Output[str]
+    name_prefix: pulumi.Output[str]
+    capabilities: pulumi.Output[list[str]]
+
+    def __init__(
+        self, resource_name: str, args: B2ApplicationKeyArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props = {
+            "key_name": args.key_name,
+            "bucket_id": args.bucket_id,
+            "name_prefix": args.name_prefix,
+            "capabilities": args.capabilities,
+            "application_key_id": None,
+            "application_key": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["application_key"]))
+        super().__init__(_B2ApplicationKeyProvider(), resource_name, props, opts)

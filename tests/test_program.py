@@ -1,0 +1,155 @@
+"""The real __main__.py under Pulumi's mocks: what it declares for each provider, and its outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from components.storage import S3_OBJECT_ACTIONS
+from pulumi.output import UNKNOWN
+
+from tests.harness import SENTINELS, Run, run_program, stack_config
+
+PROVIDERS = {
+    "b2": {"provider": "b2", "region": "us-west-004", "bucket": "proposalsapp-db-backups", "repoPath": "/repo"},
+    "wasabi": {"provider": "wasabi", "region": "eu-central-2", "bucket": "pg-backups", "repoPath": "/repo"},
+    "minio": {"provider": "minio", "endpoint": "minio.lan:9000", "bucket": "pg-backups", "repoPath": "/repo"},
+    "s3": {"provider": "s3", "endpoint": "s3.example.net", "region": "eu-1", "bucket": "pg-backups", "repoPath": "/repo"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PROVIDERS))
+def provider_run(request: pytest.FixtureRequest) -> tuple[str, Run]:
+    return request.param, run_program(stack_config(storage=PROVIDERS[request.param]))
+
+
+def types(run: Run) -> list[str]:
+    return [r.typ for r in run.resources]
+
+
+def assert_repository_policy(policy: dict[str, Any], bucket: str) -> None:
+    """Exactly what pgBackRest needs: list the repo prefix; read, write, delete objects under it."""
+    list_stmt, object_stmt = policy["Statement"]
+    assert list_stmt["Action"] == ["s3:ListBucket"] and list_stmt["Resource"] == [f"arn:aws:s3:::{bucket}"]
+    assert list_stmt["Condition"] == {"StringLike": {"s3:prefix": ["repo", "repo/*"]}}
+    assert object_stmt["Resource"] == [f"arn:aws:s3:::{bucket}/repo/*"]
+    assert set(object_stmt["Action"]) == set(S3_OBJECT_ACTIONS)
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= set(object_stmt["Action"])
+    assert not any("*" in a for stmt in policy["Statement"] for a in stmt["Action"])
+    assert all(stmt["Effect"] == "Allow" for stmt in policy["Statement"])
+
+
+def test_b2_bucket_and_scoped_key() -> None:
+    run = run_program(stack_config(storage=PROVIDERS["b2"]))
+    bucket = run.named("repository-bucket")
+    assert bucket.typ == "pulumi-python:dynamic/b2:Bucket"
+    assert bucket.inputs["bucket_name"] == "proposalsapp-db-backups"
+    assert bucket.inputs["hidden_file_retention_days"] == 1
+    key = run.named("repository-key")
+    assert key.inputs["bucket_id"] == "b2bucketid-repository-bucket"
+    assert key.inputs["name_prefix"] == "repo/"
+    assert sorted(key.inputs["capabilities"]) == ["deleteFiles", "listFiles", "readFiles", "writeFiles"]
+    assert run.outputs["accessKeyId"] == "b2keyid-repository-key"
+    assert run.outputs["storage"]["endpoint"] == "s3.us-west-004.backblazeb2.com"
+    assert not any(t.startswith(("aws:", "minio:")) for t in types(run))
+
+
+@pytest.mark.parametrize("provider", ["wasabi", "s3"])
+def test_aws_compatible_bucket_user_policy_key(provider: str) -> None:
+    run = run_program(stack_config(storage=PROVIDERS[provider]))
+    s3, iam = run.named("repository-s3"), run.named("repository-iam")
+    endpoints = json.loads(s3.inputs["endpoints"])[0] if isinstance(s3.inputs["endpoints"], str) else s3.inputs["endpoints"][0]
+    iam_endpoints = json.loads(iam.inputs["endpoints"])[0] if isinstance(iam.inputs["endpoints"], str) else iam.inputs["endpoints"][0]
+    if provider == "wasabi":
+        assert endpoints["s3"] == "https://s3.eu-central-2.wasabisys.com"
+        assert iam_endpoints["iam"] == "https://iam.wasabisys.com" and iam.inputs["region"] == "us-east-1"
+    else:
+        assert endpoints["s3"] == "https://s3.example.net" and iam_endpoints["iam"] == "https://s3.example.net"
+    assert run.named("repository-bucket").inputs["bucket"] == "pg-backups"
+    assert run.named("repository-versioning").inputs["versioningConfiguration"] == {"status": "Enabled"}
+    policy = json.loads(run.named("repository-policy").inputs["policy"])
+    assert_repository_policy(policy, "pg-backups")
+    assert run.named("repository-policy").inputs["user"] == run.named("repository-user").inputs["name"]
+    assert run.named("repository-key").inputs["user"] == "pgbackup-test-main"
+    assert run.outputs["accessKeyId"] == "AKIAMOCKKEYID"
+
+
+def test_minio_bucket_user_policy() -> None:
+    run = run_program(stack_config(storage=PROVIDERS["minio"]))
+    provider = run.named("repository-minio")
+    assert provider.inputs["minioServer"] == "minio.lan:9000" and provider.inputs["minioSsl"] in (True, "true")
+    assert_repository_policy(json.loads(run.named("repository-policy").inputs["policy"]), "pg-backups")
+    attachment = run.named("repository-attachment").inputs
+    assert attachment == {"userName": "pgbackup-test-main", "policyName": "pgbackup-test-main"}
+    assert run.outputs["accessKeyId"] == "pgbackup-test-main"
+
+
+def test_bucket_is_retained_on_destroy(provider_run: tuple[str, Run]) -> None:
+    """`pulumi destroy` never deletes backups: the bucket (and its versioning) are retained."""
+    _, run = provider_run
+    for name in ("repository-bucket", "repository-versioning"):
+        if name in run.options:
+            assert run.options[name].retain_on_delete is True, name
+    assert run.options["repository-bucket"].retain_on_delete is True
+    retained = {name for name, opts in run.options.items() if opts.retain_on_delete}
+    assert retained <= {"repository-bucket", "repository-versioning"}
+    assert run.named("repository-bucket").inputs.get("forceDestroy") in (None, False)
+
+
+def test_children_are_parented(provider_run: tuple[str, Run]) -> None:
+    _, run = provider_run
+    for name, opts in run.options.items():
+        if name not in ("repository", "cluster"):
+            assert opts.parent is not None, f"{name} has no parent"
+
+
+def test_existing_bucket_declares_no_storage_resources() -> None:
+    storage = {**PROVIDERS["s3"], "create": False}
+    secrets = {"sshPrivateKey": SENTINELS["sshPrivateKey"], "accessKeyId": SENTINELS["accessKeyId"],
+               "secretAccessKey": SENTINELS["secretAccessKey"]}
+    run = run_program(stack_config(storage=storage), secrets=secrets)
+    assert not any(t.startswith(("aws:", "minio:", "pulumi-python:dynamic")) for t in types(run))
+    assert run.outputs["secretAccessKey"] == SENTINELS["secretAccessKey"]
+    assert "secretAccessKey" in run.secret_outputs
+    # No cipherPass given: one is generated and kept as a secret.
+    assert run.named("cluster-cipher-pass").typ == "random:index/randomPassword:RandomPassword"
+    assert run.outputs["cipherPass"].startswith(SENTINELS["providerSecret"]) and "cipherPass" in run.secret_outputs
+
+
+def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
+    provider, run = provider_run
+    outputs = run.outputs
+    assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
+                            "stanzaStatus", "lastBackup", "walArchive"}
+    assert outputs["storage"]["provider"] == provider and outputs["storage"]["repoPath"] == "/repo"
+    assert set(outputs["storage"]) == {"provider", "endpoint", "region", "bucket", "repoPath", "uriStyle"}
+    assert outputs["stanza"] == "main"
+    assert outputs["nodes"] == [
+        {"name": "pg1", "host": "pg1.example.net", "role": "leader"},
+        {"name": "pg2", "host": "pg2.example.net", "role": "replica"},
+        {"name": "pg3", "host": "pg3.example.net", "role": "replica"},
+    ]
+    assert outputs["stanzaStatus"] == {"code": 0, "message": "ok"}
+    assert outputs["lastBackup"] == {"label": "20261122-020000F_20261123-020000I", "type": "incr",
+                                     "stopTime": "2026-11-23T02:01:40Z"}
+    assert outputs["walArchive"] == {"min": "000000010000000000000003", "max": "000000010000000000000009"}
+    assert run.secret_outputs == {"secretAccessKey", "cipherPass"}
+
+
+def test_outputs_when_no_leader_reports() -> None:
+    run = run_program(stack_config(), command_stdout=lambda args: (
+        json.dumps({"node": args.name.split("-")[1], "role": "replica", "info": None}) + "\n"
+        if args.name.endswith("-verify") else ""))
+    assert run.outputs["stanzaStatus"]["code"] == -1
+    assert run.outputs["lastBackup"] is None and run.outputs["walArchive"] is None
+
+
+def test_preview_leaves_apply_time_outputs_unknown() -> None:
+    """During `pulumi preview` no command runs: stdout is unknown, so are the outputs built from it."""
+    run = run_program(stack_config(), preview=True)
+    assert run.outputs["stanza"] == "main"
+    assert run.outputs["storage"]["bucket"] == "pg-backups"
+    for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive"):
+        assert run.outputs[key] is UNKNOWN, key

@@ -1,0 +1,183 @@
+"""The remote steps: secrets never in a command, order, parallelism, determinism, and what re-runs."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tests.harness import SENTINELS, Run, is_wrapped_secret, node_files, run_program, script_of, stack_config
+
+STEPS = ["install", "files", "patroni", "stanza", "archiving", "verify", "schedule"]
+
+
+def sentinel_forms() -> list[str]:
+    """Each sentinel, plus its base64 forms at the three alignments (a secret may travel encoded)."""
+    forms = []
+    for value in SENTINELS.values():
+        core = value.split("\n")[1] if "\n" in value else value
+        forms.append(core)
+        for pad in range(3):
+            encoded = base64.b64encode(b"x" * pad + core.encode()).decode()
+            forms.append(encoded[4:-4])
+    return forms
+
+
+def unmarked_strings(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every string in `value` that is not inside a secret envelope."""
+    if is_wrapped_secret(value):
+        return []
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in unmarked_strings(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [item for i, v in enumerate(value) for item in unmarked_strings(v, f"{path}[{i}]")]
+    return [(path, value)] if isinstance(value, str) else []
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return run_program(stack_config())
+
+
+def test_every_node_gets_every_step(run: Run) -> None:
+    names = {c.name for c in run.commands}
+    assert names == {f"cluster-{n}-{s}" for n in ("pg1", "pg2", "pg3") for s in STEPS}
+
+
+def test_no_secret_in_any_command_string_or_environment(run: Run) -> None:
+    forms = sentinel_forms()
+    for command in run.commands:
+        for key in ("create", "update", "delete"):
+            text = command.inputs.get(key) or ""
+            assert not any(f in text for f in forms), f"{command.name}.{key} holds a secret"
+        assert not command.inputs.get("environment"), f"{command.name} uses environment="
+        assert command.inputs["addPreviousOutputInEnv"] is False
+
+
+def test_secrets_only_in_marked_state(run: Run) -> None:
+    """Anywhere a sentinel (or its base64) appears in what the engine stores, it is inside a secret."""
+    forms = sentinel_forms()
+    for resource in run.resources:
+        for path, text in unmarked_strings(resource.raw_inputs):
+            assert not any(f in text for f in forms), f"{resource.name}{path} stores a secret unmarked"
+
+
+def test_secrets_travel_on_stdin_of_the_files_step(run: Run) -> None:
+    files = node_files(run, "pg1")
+    config = files["/etc/pgbackrest/pgbackrest.conf"]
+    assert (config["mode"], config["owner"], config["group"]) == ("0640", "postgres", "postgres")
+    assert f"repo1-s3-key-secret={SENTINELS['providerSecret']}" in config["content"]
+    assert f"repo1-cipher-pass={SENTINELS['cipherPass']}" in config["content"]
+    key = files["/etc/pgbackrest/tls/node.key"]
+    assert (key["mode"], key["owner"]) == ("0600", "postgres") and "SENTINEL-TLS-KEY" in key["content"]
+    assert is_wrapped_secret(run.named("cluster-pg1-files").raw_inputs["stdin"])
+
+
+def test_ssh_connection_key_is_secret(run: Run) -> None:
+    for command in run.commands:
+        raw = command.raw_inputs["connection"]
+        assert is_wrapped_secret(raw) or is_wrapped_secret(raw.get("privateKey")), command.name
+
+
+def test_scripts_are_strict_bash(run: Run) -> None:
+    for command in run.commands:
+        for key in ("create", "delete"):
+            if command.inputs.get(key):
+                script = script_of(command, key)
+                assert "set -euo pipefail" in script.splitlines()[1], command.name
+                assert "failed on node" in script
+
+
+def depends_on(run: Run, name: str) -> set[str]:
+    return {dep._name for dep in run.options[name].depends_on or []}  # noqa: SLF001
+
+
+def test_dependency_order(run: Run) -> None:
+    nodes = ("pg1", "pg2", "pg3")
+    for n in nodes:
+        assert depends_on(run, f"cluster-{n}-files") == {f"cluster-{n}-install"}
+        assert depends_on(run, f"cluster-{n}-patroni") == {f"cluster-{n}-files"}
+        assert depends_on(run, f"cluster-{n}-stanza") == {f"cluster-{m}-files" for m in nodes}
+        assert depends_on(run, f"cluster-{n}-archiving") == (
+            {f"cluster-{m}-stanza" for m in nodes} | {f"cluster-{m}-patroni" for m in nodes})
+        assert depends_on(run, f"cluster-{n}-verify") == {f"cluster-{m}-archiving" for m in nodes}
+        assert depends_on(run, f"cluster-{n}-schedule") == {f"cluster-{m}-verify" for m in nodes} | {
+            f"cluster-{n}-files"}
+    # Under mocks a resource registers only after what it depends on: the order is a deployment order.
+    order = [c.name for c in run.commands]
+    for n in nodes:
+        positions = [order.index(f"cluster-{n}-{s}") for s in ("install", "files", "patroni")]
+        assert positions == sorted(positions)
+        assert max(order.index(f"cluster-{m}-archiving") for m in nodes) < order.index(f"cluster-{n}-verify")
+
+
+def depth(run: Run) -> int:
+    memo: dict[str, int] = {}
+
+    def level(name: str) -> int:
+        if name not in memo:
+            memo[name] = 1 + max((level(d) for d in depends_on(run, name)), default=0)
+        return memo[name]
+
+    return max(level(c.name) for c in run.commands)
+
+
+def nodes(count: int) -> list[dict[str, str]]:
+    return [{"name": f"pg{i}", "host": f"pg{i}.example.net"} for i in range(1, count + 1)]
+
+
+def test_sequential_depth_does_not_grow_with_nodes() -> None:
+    depths = {count: depth(run_program(stack_config(cluster={"stanza": "main", "nodes": nodes(count)})))
+              for count in (2, 3, 8)}
+    # install, files, patroni-local, archiving, verify, schedule (the stanza runs beside patroni-local)
+    assert set(depths.values()) == {6}, depths
+
+
+def command_inputs(run: Run) -> dict[str, dict[str, Any]]:
+    return {c.name: {k: c.inputs.get(k) for k in ("create", "delete", "stdin", "triggers", "connection")}
+            for c in run.commands}
+
+
+def test_two_evaluations_give_identical_inputs(run: Run) -> None:
+    assert command_inputs(run_program(stack_config())) == command_inputs(run)
+
+
+def changed_steps(before: Run, after: Run) -> set[str]:
+    a, b = command_inputs(before), command_inputs(after)
+    return {name.split("-", 2)[2] for name in a if a[name] != b[name]}
+
+
+def test_retention_change_reruns_only_what_depends_on_it(run: Run) -> None:
+    after = run_program(stack_config(retention={"full": 6}))
+    assert changed_steps(run, after) == {"files", "stanza", "verify"}
+
+
+def test_schedule_change_reruns_only_files_and_schedule(run: Run) -> None:
+    after = run_program(stack_config(schedule={"full": "Sat *-*-* 03:00:00"}))
+    assert changed_steps(run, after) == {"files", "schedule"}
+
+
+def test_version_pin_reruns_only_install(run: Run) -> None:
+    after = run_program(stack_config(pgbackrest={"version": "2.45-1"}))
+    assert changed_steps(run, after) == {"install"}
+
+
+def test_destroy_disables_timers_and_keeps_everything_else(run: Run) -> None:
+    with_delete = [c.name for c in run.commands if c.inputs.get("delete")]
+    assert sorted(with_delete) == [f"cluster-{n}-schedule" for n in ("pg1", "pg2", "pg3")]
+    script = script_of(run.named("cluster-pg1-schedule"), "delete")
+    assert "systemctl disable --now" in script
+    assert "rm " not in script and "pgbackrest" not in script.replace("pgbackup", "")
+
+
+def test_ssh_host_key_is_pinned_when_given() -> None:
+    cluster = {"stanza": "main", "nodes": [
+        {"name": "pg1", "host": "pg1.lan", "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEY1 root@pg1"},
+        {"name": "pg2", "host": "pg2.lan", "port": 2222, "user": "admin"}]}
+    run = run_program(stack_config(cluster=cluster))
+    first = run.named("cluster-pg1-install").inputs["connection"]
+    second = run.named("cluster-pg2-install").inputs["connection"]
+    assert first["hostKey"] == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEY1"
+    assert (second["host"], second["port"], second["user"]) == ("pg2.lan", 2222, "admin")
+    assert "hostKey" not in second or not second["hostKey"]
