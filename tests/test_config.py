@@ -56,10 +56,10 @@ def test_pg_data_follows_pg_version() -> None:
 @pytest.mark.parametrize(
     ("storage", "endpoint", "uri_style"),
     [
-        ({"provider": "b2", "region": "us-west-004", "bucket": "bk-1"}, "s3.us-west-004.backblazeb2.com", "host"),
-        ({"provider": "wasabi", "region": "eu-central-2", "bucket": "bk-1"}, "s3.eu-central-2.wasabisys.com", "host"),
-        ({"provider": "minio", "endpoint": "https://minio.lan:9000", "bucket": "bk-1"}, "minio.lan:9000", "path"),
-        ({"provider": "s3", "endpoint": "s3.eu.example", "region": "eu", "bucket": "bk-1", "uriStyle": "host"},
+        ({"provider": "b2", "region": "us-west-004", "bucket": "bucket-1"}, "s3.us-west-004.backblazeb2.com", "host"),
+        ({"provider": "wasabi", "region": "eu-central-2", "bucket": "bucket-1"}, "s3.eu-central-2.wasabisys.com", "host"),
+        ({"provider": "minio", "endpoint": "https://minio.lan:9000", "bucket": "bucket-1"}, "minio.lan:9000", "path"),
+        ({"provider": "s3", "endpoint": "s3.eu.example", "region": "eu", "bucket": "bucket-1", "uriStyle": "host"},
          "s3.eu.example", "host"),
     ],
 )
@@ -75,7 +75,7 @@ BAD_CASES = [
     ("endpoint missing for s3", with_storage(endpoint=None), "pgbackup:storage.endpoint: required for provider s3"),
     ("endpoint missing for minio", with_storage(provider="minio", endpoint=None),
      "pgbackup:storage.endpoint: required for provider minio"),
-    ("region missing for b2", {"storage": {"provider": "b2", "bucket": "bk-1"}},
+    ("region missing for b2", {"storage": {"provider": "b2", "bucket": "bucket-1"}},
      "pgbackup:storage.region: required for provider b2"),
     ("plain http endpoint", with_storage(endpoint="http://minio:9000"), "pgbackup:storage.endpoint: pgBackRest reaches S3 over HTTPS only"),
     ("bad endpoint port", with_storage(endpoint="minio:99999"), "pgbackup:storage.endpoint: expected host[:port]"),
