@@ -7,6 +7,7 @@ import pulumi
 
 from components.cluster import BackupCluster, BackupClusterArgs
 from components.config import load_settings
+from components.monitoring import alert_rules
 from components.storage import BackupRepository, BackupRepositoryArgs
 
 settings = load_settings()
@@ -47,3 +48,4 @@ pulumi.export("nodes", cluster.nodes)
 pulumi.export("stanzaStatus", cluster.stanza_status)
 pulumi.export("lastBackup", cluster.last_backup)
 pulumi.export("walArchive", cluster.wal_archive)
+pulumi.export("alertRules", alert_rules(settings))

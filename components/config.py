@@ -244,6 +244,7 @@ class ScheduleConfig(_Model):
     full: str = Field(default="Sun *-*-* 02:00:00", description="Full backup calendar")
     incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="Incremental backup calendar")
     randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="Timer RandomizedDelaySec")
+    max_backup_age_hours: int = Field(default=26, ge=1, le=24 * 366, description="Alert past this backup age")
 
     @field_validator("full", "incremental")
     @classmethod

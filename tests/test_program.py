@@ -122,7 +122,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     provider, run = provider_run
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
-                            "stanzaStatus", "lastBackup", "walArchive"}
+                            "stanzaStatus", "lastBackup", "walArchive", "alertRules"}
     assert outputs["storage"]["provider"] == provider and outputs["storage"]["repoPath"] == "/repo"
     assert set(outputs["storage"]) == {"provider", "endpoint", "region", "bucket", "repoPath", "uriStyle"}
     assert outputs["stanza"] == "main"
