@@ -8,8 +8,9 @@ sequential steps does not grow with the number of nodes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pulumi
@@ -56,6 +57,7 @@ class BackupCluster(pulumi.ComponentResource):
         cluster = settings.cluster
         child = pulumi.ResourceOptions(parent=self)
 
+        cipher_pass: pulumi.Output[str]
         if settings.cipher_pass is not None:
             cipher_pass = pulumi.Output.secret(settings.cipher_pass)
         else:
@@ -84,13 +86,13 @@ class BackupCluster(pulumi.ComponentResource):
 
         # Re-create the stanza and re-check when any node's configuration changes (a new bucket or repo path
         # needs its stanza). The digests are secret: they hash the passphrase.
-        config_digest = pulumi.Output.secret(
+        config_digest: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(*[n.config_digest for n in nodes.values()]).apply(lambda d: sha256(*d))
         )
         all_files = [n.files for n in nodes.values()]
         all_patroni = [n.patroni for n in nodes.values()]
 
-        def step(node_name: str, step_name: str, script: str, depends_on: list[pulumi.Resource],
+        def step(node_name: str, step_name: str, script: str, depends_on: Sequence[pulumi.Resource],
                  triggers: list[Any] | None = None, delete: str | None = None) -> Any:
             return remote_step(
                 f"{name}-{node_name}-{step_name}",
@@ -123,7 +125,7 @@ class BackupCluster(pulumi.ComponentResource):
             schedule_steps.append(step(
                 node.name, "schedule",
                 render("scripts/schedule.sh.j2", **ctx, timers=timers(), units_digest=nodes[node.name].units_digest),
-                depends_on=verify_steps[:] + [nodes[node.name].files],
+                depends_on=[*verify_steps[:], nodes[node.name].files],
                 delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
             ))
 
@@ -133,7 +135,7 @@ class BackupCluster(pulumi.ComponentResource):
         self.nodes = reports.apply(
             lambda rs: [
                 {"name": node.name, "host": node.host, "role": r["role"]}
-                for node, r in zip(cluster.nodes, rs)
+                for node, r in zip(cluster.nodes, rs, strict=False)
             ]
         )
         info = reports.apply(_leader_info)
@@ -173,7 +175,7 @@ def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
     if not backups:
         return None
     newest = max(backups, key=lambda b: b["timestamp"]["stop"])
-    stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=timezone.utc)
+    stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=UTC)
     return {"label": newest["label"], "type": newest["type"], "stopTime": stop.isoformat().replace("+00:00", "Z")}
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,7 +129,7 @@ class StorageConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _derive(self) -> "StorageConfig":
+    def _derive(self) -> StorageConfig:
         if self.provider == "b2" and (not re.match(r"^[a-z0-9-]{6,63}$", self.bucket) or self.bucket.startswith("b2-")):
             raise ValueError("bucket: B2 takes 6-63 lower-case letters, digits and '-', not starting with 'b2-'")
         region = self.region or _DEFAULT_REGION[self.provider]
@@ -225,7 +226,7 @@ class ClusterConfig(_Model):
         return None if value is None else _check_path(value)
 
     @model_validator(mode="after")
-    def _derive(self) -> "ClusterConfig":
+    def _derive(self) -> ClusterConfig:
         for attr in ("name", "host"):
             seen: dict[str, int] = {}
             for i, node in enumerate(self.nodes):
@@ -295,7 +296,7 @@ class PgBackRestConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _level(self) -> "PgBackRestConfig":
+    def _level(self) -> PgBackRestConfig:
         low, high = _COMPRESS_LEVELS[self.compress_type]
         if not low <= self.compress_level <= high:
             raise ValueError(f"compressLevel: {self.compress_type} takes {low}..{high}, got {self.compress_level}")

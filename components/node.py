@@ -202,7 +202,7 @@ class PgBackRestNode(pulumi.ComponentResource):
             parent=self,
             depends_on=[self.files],
         )
-        self.config_digest = pulumi.Output.secret(config.apply(lambda text: sha256(text)))
+        self.config_digest = pulumi.Output.secret(config.apply(sha256))
         self.units_digest = sha256(*(f"{f.path}\n{f.content}" for f in unit_files(settings, node)))
         self.register_outputs({"config_digest": self.config_digest, "units_digest": self.units_digest})
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 from pulumi_command import remote
@@ -35,7 +35,7 @@ def manifest(files: Sequence[NodeFile]) -> pulumi.Output[str]:
     def lines(contents: list[str]) -> str:
         return "".join(
             f"{f.path} {f.mode} {f.owner} {f.group} {base64.b64encode(c.encode()).decode()}\n"
-            for f, c in zip(files, contents)
+            for f, c in zip(files, contents, strict=False)
         )
 
     return pulumi.Output.secret(pulumi.Output.all(*[f.content for f in files]).apply(lines))

@@ -27,7 +27,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 -- shell, INI and unit files, not HTML: values are quoted with |q
         # Bash's ${#array[@]} would open a Jinja comment: templates use {## ... ##} for comments.
         comment_start_string="{##",
         comment_end_string="##}",

@@ -7,8 +7,8 @@ The bucket is retained on `pulumi destroy`: it holds the backups.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pulumi
 import pulumi_aws as aws
@@ -65,7 +65,7 @@ class Credentials:
 Backend = Callable[["BackupRepository", str, StorageConfig, str], Credentials]
 
 
-def _b2(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
     bucket = B2Bucket(
         f"{name}-bucket",
         B2BucketArgs(bucket_name=storage.bucket, hidden_file_retention_days=storage.hidden_version_days),
@@ -79,31 +79,27 @@ def _b2(parent: "BackupRepository", name: str, storage: StorageConfig, key_name:
     return Credentials(key.application_key_id, key.application_key)
 
 
-def _aws_compatible(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
     """Wasabi and generic S3 (AWS, Ceph RGW, ...): pulumi-aws pointed at the provider's endpoints."""
     s3_url = f"https://{storage.endpoint}"
     iam_url, iam_region = _IAM_ENDPOINTS.get(storage.provider, (s3_url, storage.region or "us-east-1"))
-    common = dict(
-        skip_credentials_validation=True,
-        skip_region_validation=True,
-        skip_requesting_account_id=True,
-        skip_metadata_api_check=True,
-    )
-    s3 = aws.Provider(
-        f"{name}-s3",
-        region=storage.region,
-        endpoints=[aws.ProviderEndpointArgs(s3=s3_url, sts=s3_url)],
-        s3_use_path_style=storage.uri_style == "path",
-        opts=pulumi.ResourceOptions(parent=parent),
-        **common,  # type: ignore[arg-type]
-    )
-    iam = aws.Provider(
-        f"{name}-iam",
-        region=iam_region,
-        endpoints=[aws.ProviderEndpointArgs(iam=iam_url, sts=iam_url)],
-        opts=pulumi.ResourceOptions(parent=parent),
-        **common,  # type: ignore[arg-type]
-    )
+
+    def provider(suffix: str, region: str | None, endpoints: aws.ProviderEndpointArgs) -> aws.Provider:
+        # Not AWS itself: no account id, metadata API or region list to check against.
+        return aws.Provider(
+            f"{name}-{suffix}",
+            region=region,
+            endpoints=[endpoints],
+            s3_use_path_style=storage.uri_style == "path",
+            skip_credentials_validation=True,
+            skip_region_validation=True,
+            skip_requesting_account_id=True,
+            skip_metadata_api_check=True,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+
+    s3 = provider("s3", storage.region, aws.ProviderEndpointArgs(s3=s3_url, sts=s3_url))
+    iam = provider("iam", iam_region, aws.ProviderEndpointArgs(iam=iam_url, sts=iam_url))
     bucket = aws.s3.Bucket(
         f"{name}-bucket",
         bucket=storage.bucket,
@@ -127,7 +123,7 @@ def _aws_compatible(parent: "BackupRepository", name: str, storage: StorageConfi
     return Credentials(key.id, key.secret)
 
 
-def _minio(parent: "BackupRepository", name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
     """Self-hosted MinIO: its own provider; admin credentials from MINIO_USER / MINIO_PASSWORD."""
     provider = minio.Provider(
         f"{name}-minio",
@@ -203,7 +199,8 @@ class BackupRepository(pulumi.ComponentResource):
         if storage.create:
             credentials = _BACKENDS[storage.provider](self, name, storage, args.key_name)
         else:
-            assert args.access_key_id is not None and args.secret_access_key is not None
+            assert args.access_key_id is not None
+            assert args.secret_access_key is not None
             credentials = Credentials(pulumi.Output.from_input(args.access_key_id),
                                       pulumi.Output.from_input(args.secret_access_key))
         self.bucket = pulumi.Output.from_input(storage.bucket)

@@ -11,9 +11,10 @@ import asyncio
 import json
 import runpy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pulumi
 from pulumi.runtime import settings as pulumi_settings
@@ -174,13 +175,14 @@ def run_program(
     command_stdout: Callable[[pulumi.runtime.MockResourceArgs], str] = healthy_stdout,
     preview: bool = False,
     stack: str = "test",
+    run: Run | None = None,
 ) -> Run:
     """Evaluate __main__.py once with `config` (pgbackup:<key> -> object) and the given secrets."""
     secrets = {"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": SENTINELS["cipherPass"]} if secrets is None \
         else secrets
     nodes = (config.get("cluster") or {}).get("nodes") or [{}]
     LEADER["name"] = nodes[0].get("name", "") if isinstance(nodes[0], dict) else ""
-    run = Run()
+    run = Run() if run is None else run
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(ProgramMocks(run, command_stdout, preview), project="pgbackup", stack=stack, preview=preview)
     values = {f"pgbackup:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
@@ -227,5 +229,6 @@ def script_of(command: Resource, key: str = "create") -> str:
     import shlex
 
     words = shlex.split(command.inputs[key])
-    assert words[0:2] == ["bash", "-c"] and len(words) == 4, words[:2]
+    assert words[0:2] == ["bash", "-c"], words[:2]
+    assert len(words) == 4, words
     return words[2]

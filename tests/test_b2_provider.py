@@ -189,7 +189,8 @@ def test_bucket_read_reports_drift_and_disappearance(sim: Sim) -> None:
     sim.bucket(created.id).update(lifecycle_rules=[{"fileNamePrefix": "", "daysFromUploadingToHiding": 5}])
     drifted = provider.read(created.id, outs)
     assert drifted.id == created.id
-    assert drifted.outs is not None and drifted.outs["hidden_file_retention_days"] is None
+    assert drifted.outs is not None
+    assert drifted.outs["hidden_file_retention_days"] is None
     assert provider.diff(created.id, drifted.outs, _bucket_props()).changes is True
 
     sim.admin.delete_bucket(sim.bucket(created.id))
@@ -260,7 +261,8 @@ def test_key_with_empty_prefix_covers_whole_bucket(sim: Sim) -> None:
     bucket = sim.admin.create_bucket("pg-backups-1", "allPrivate")
     result = b2._B2ApplicationKeyProvider().create(_key_props(bucket.id_, name_prefix=""))
     key = sim.admin.get_key(result.id)
-    assert key is not None and key.name_prefix is None
+    assert key is not None
+    assert key.name_prefix is None
     assert (result.outs or {})["name_prefix"] == ""
 
 
@@ -341,7 +343,8 @@ def test_missing_credentials_fail_clearly_at_call_time(monkeypatch: pytest.Monke
         with pytest.raises(b2.B2CredentialsError) as raised:
             call()
         message = str(raised.value)
-        assert "B2_APPLICATION_KEY_ID" in message and "B2_APPLICATION_KEY " in message
+        assert "B2_APPLICATION_KEY_ID" in message
+        assert "B2_APPLICATION_KEY " in message
         for name in missing:
             assert name in message.split("not set:")[1]
         assert "some-key" not in message
@@ -396,7 +399,8 @@ def test_providers_pickle_without_credentials(env_sim: Sim) -> None:
         for blob in (state_blob, pickle.dumps(provider)):
             for secret in secrets:
                 assert secret not in blob
-            assert b"B2Api" not in blob and b"InMemoryAccountInfo" not in blob
+            assert b"B2Api" not in blob
+            assert b"InMemoryAccountInfo" not in blob
 
 
 # --- resources ------------------------------------------------------------------------------------

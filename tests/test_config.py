@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from components.config import ConfigError, parse_settings
-from tests.harness import SENTINELS, run_program, stack_config
+from tests.harness import SENTINELS, Run, run_program, stack_config
 
 
 def parse(**overrides: Any) -> Any:
@@ -35,16 +35,26 @@ def with_nodes(nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_defaults() -> None:
     storage, cluster, schedule, retention, pgbackrest = parse()
-    assert storage.repo_path == "/pgbackrest" and storage.uri_style == "path" and storage.verify_tls
-    assert storage.create and storage.endpoint_port == 443
-    assert cluster.pg_data == "/var/lib/postgresql/15/main" and cluster.pg_port == 5432
-    assert cluster.patroni_config == "/etc/patroni/patroni.yml" and cluster.patroni_api_port == 8008
+    assert storage.repo_path == "/pgbackrest"
+    assert storage.uri_style == "path"
+    assert storage.verify_tls
+    assert storage.create
+    assert storage.endpoint_port == 443
+    assert cluster.pg_data == "/var/lib/postgresql/15/main"
+    assert cluster.pg_port == 5432
+    assert cluster.patroni_config == "/etc/patroni/patroni.yml"
+    assert cluster.patroni_api_port == 8008
     assert [(n.user, n.port) for n in cluster.nodes] == [("root", 22)] * 3
-    assert schedule.full == "Sun *-*-* 02:00:00" and schedule.incremental == "Mon..Sat *-*-* 02:00:00"
-    assert retention.full == 4 and retention.full_type == "count"
+    assert schedule.full == "Sun *-*-* 02:00:00"
+    assert schedule.incremental == "Mon..Sat *-*-* 02:00:00"
+    assert retention.full == 4
+    assert retention.full_type == "count"
     assert (pgbackrest.process_max, pgbackrest.compress_type, pgbackrest.compress_level) == (4, "zst", 3)
-    assert pgbackrest.archive_async and pgbackrest.backup_standby and not pgbackrest.start_fast
-    assert pgbackrest.archive_push_queue_max == "4GiB" and pgbackrest.version is None
+    assert pgbackrest.archive_async
+    assert pgbackrest.backup_standby
+    assert not pgbackrest.start_fast
+    assert pgbackrest.archive_push_queue_max == "4GiB"
+    assert pgbackrest.version is None
 
 
 def test_pg_data_follows_pg_version() -> None:
@@ -143,9 +153,10 @@ def test_single_node_without_standby_backups_is_valid() -> None:
 
 def test_bad_configuration_declares_no_resource() -> None:
     config = stack_config(schedule={"full": "every sunday"})
+    run = Run()
     with pytest.raises(Exception, match=r"pgbackup:schedule\.full"):
-        run = run_program(config)
-        assert run.resources == []
+        run_program(config, run=run)
+    assert run.resources == []
 
 
 def test_missing_ssh_key_is_named() -> None:

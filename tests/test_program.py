@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 import pytest
-
-from components.storage import S3_OBJECT_ACTIONS
 from pulumi.output import UNKNOWN
 
+from components.storage import S3_OBJECT_ACTIONS
 from tests.harness import SENTINELS, Run, run_program, stack_config
 
 PROVIDERS = {
@@ -32,7 +31,8 @@ def types(run: Run) -> list[str]:
 def assert_repository_policy(policy: dict[str, Any], bucket: str) -> None:
     """Exactly what pgBackRest needs: list the repo prefix; read, write, delete objects under it."""
     list_stmt, object_stmt = policy["Statement"]
-    assert list_stmt["Action"] == ["s3:ListBucket"] and list_stmt["Resource"] == [f"arn:aws:s3:::{bucket}"]
+    assert list_stmt["Action"] == ["s3:ListBucket"]
+    assert list_stmt["Resource"] == [f"arn:aws:s3:::{bucket}"]
     assert list_stmt["Condition"] == {"StringLike": {"s3:prefix": ["repo", "repo/*"]}}
     assert object_stmt["Resource"] == [f"arn:aws:s3:::{bucket}/repo/*"]
     assert set(object_stmt["Action"]) == set(S3_OBJECT_ACTIONS)
@@ -64,9 +64,11 @@ def test_aws_compatible_bucket_user_policy_key(provider: str) -> None:
     iam_endpoints = json.loads(iam.inputs["endpoints"])[0] if isinstance(iam.inputs["endpoints"], str) else iam.inputs["endpoints"][0]
     if provider == "wasabi":
         assert endpoints["s3"] == "https://s3.eu-central-2.wasabisys.com"
-        assert iam_endpoints["iam"] == "https://iam.wasabisys.com" and iam.inputs["region"] == "us-east-1"
+        assert iam_endpoints["iam"] == "https://iam.wasabisys.com"
+        assert iam.inputs["region"] == "us-east-1"
     else:
-        assert endpoints["s3"] == "https://s3.example.net" and iam_endpoints["iam"] == "https://s3.example.net"
+        assert endpoints["s3"] == "https://s3.example.net"
+        assert iam_endpoints["iam"] == "https://s3.example.net"
     assert run.named("repository-bucket").inputs["bucket"] == "pg-backups"
     assert run.named("repository-versioning").inputs["versioningConfiguration"] == {"status": "Enabled"}
     policy = json.loads(run.named("repository-policy").inputs["policy"])
@@ -79,7 +81,8 @@ def test_aws_compatible_bucket_user_policy_key(provider: str) -> None:
 def test_minio_bucket_user_policy() -> None:
     run = run_program(stack_config(storage=PROVIDERS["minio"]))
     provider = run.named("repository-minio")
-    assert provider.inputs["minioServer"] == "minio.lan:9000" and provider.inputs["minioSsl"] in (True, "true")
+    assert provider.inputs["minioServer"] == "minio.lan:9000"
+    assert provider.inputs["minioSsl"] in (True, "true")
     assert_repository_policy(json.loads(run.named("repository-policy").inputs["policy"]), "pg-backups")
     attachment = run.named("repository-attachment").inputs
     assert attachment == {"userName": "pgbackup-test-main", "policyName": "pgbackup-test-main"}
@@ -115,7 +118,8 @@ def test_existing_bucket_declares_no_storage_resources() -> None:
     assert "secretAccessKey" in run.secret_outputs
     # No cipherPass given: one is generated and kept as a secret.
     assert run.named("cluster-cipher-pass").typ == "random:index/randomPassword:RandomPassword"
-    assert run.outputs["cipherPass"].startswith(SENTINELS["providerSecret"]) and "cipherPass" in run.secret_outputs
+    assert run.outputs["cipherPass"].startswith(SENTINELS["providerSecret"])
+    assert "cipherPass" in run.secret_outputs
 
 
 def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
@@ -123,7 +127,8 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
                             "stanzaStatus", "lastBackup", "walArchive", "alertRules"}
-    assert outputs["storage"]["provider"] == provider and outputs["storage"]["repoPath"] == "/repo"
+    assert outputs["storage"]["provider"] == provider
+    assert outputs["storage"]["repoPath"] == "/repo"
     assert set(outputs["storage"]) == {"provider", "endpoint", "region", "bucket", "repoPath", "uriStyle"}
     assert outputs["stanza"] == "main"
     assert outputs["nodes"] == [
@@ -143,7 +148,8 @@ def test_outputs_when_no_leader_reports() -> None:
         json.dumps({"node": args.name.split("-")[1], "role": "replica", "info": None}) + "\n"
         if args.name.endswith("-verify") else ""))
     assert run.outputs["stanzaStatus"]["code"] == -1
-    assert run.outputs["lastBackup"] is None and run.outputs["walArchive"] is None
+    assert run.outputs["lastBackup"] is None
+    assert run.outputs["walArchive"] is None
 
 
 def test_preview_leaves_apply_time_outputs_unknown() -> None:

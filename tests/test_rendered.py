@@ -59,7 +59,7 @@ def pgbackrest_judge(config_text: str, stanza: str, tmp_path: Path) -> list[str]
 
 
 def option_lines(config_text: str) -> list[tuple[str, str, str]]:
-    section, options = "", []
+    section, options = "", list[tuple[str, str, str]]()
     for line in config_text.splitlines():
         if line.startswith("["):
             section = line.strip("[]")
@@ -95,7 +95,8 @@ def test_pg1_is_local_and_peers_follow(variant: tuple[str, Run]) -> None:
     for node in nodes:
         options = option_lines(node_files(run, node["name"])["/etc/pgbackrest/pgbackrest.conf"]["content"])
         keys = [k for _, k, _ in options]
-        assert "pg1-path" in keys and "pg1-host" not in keys
+        assert "pg1-path" in keys
+        assert "pg1-host" not in keys
         assert keys.count("pg1-path") == 1
         repeated = {k for k in keys if keys.count(k) > 1}
         assert repeated <= {"tls-server-auth"}, repeated
@@ -107,7 +108,8 @@ def test_pg1_is_local_and_peers_follow(variant: tuple[str, Run]) -> None:
             stanza = run.outputs["stanza"]
             assert [v for _, k, v in options if k == "tls-server-auth"] == [f"{n['name']}={stanza}" for n in nodes]
         else:
-            assert hosts == [] and ("global", "backup-standby", "n") in options
+            assert hosts == []
+            assert ("global", "backup-standby", "n") in options
         assert not any(k.startswith("repo1-retention-archive") or k == "repo1-retention-diff" for k in keys)
 
 
@@ -115,12 +117,15 @@ def test_storage_options_follow_the_config() -> None:
     run = run_program(VARIANTS["minio-ca-time-retention"])
     files = node_files(run, "pg1")
     options = {k: v for _, k, v in option_lines(files["/etc/pgbackrest/pgbackrest.conf"]["content"])}
-    assert options["repo1-s3-endpoint"] == "minio.lan" and options["repo1-storage-port"] == "9000"
+    assert options["repo1-s3-endpoint"] == "minio.lan"
+    assert options["repo1-storage-port"] == "9000"
     assert options["repo1-storage-verify-tls"] == "n"
     assert options["repo1-storage-ca-file"] == "/etc/pgbackrest/storage-ca.pem"
     assert files["/etc/pgbackrest/storage-ca.pem"]["content"].startswith("-----BEGIN CERTIFICATE-----")
-    assert options["repo1-retention-full-type"] == "time" and options["repo1-retention-full"] == "30"
-    assert options["repo1-s3-uri-style"] == "path" and options["archive-async"] == "n"
+    assert options["repo1-retention-full-type"] == "time"
+    assert options["repo1-retention-full"] == "30"
+    assert options["repo1-s3-uri-style"] == "path"
+    assert options["archive-async"] == "n"
 
 
 def verify_units(files: dict[str, dict[str, str]], tmp_path: Path) -> str:
@@ -181,12 +186,13 @@ def test_default_schedule_fires_when_the_design_says() -> None:
     full = calendars["/etc/systemd/system/pgbackup-backup-full.timer"][0]
     incr = calendars["/etc/systemd/system/pgbackup-backup-incr.timer"][0]
 
-    def next_runs(expression: str) -> list[str]:
+    def next_runs(expression: str) -> list[tuple[str, str]]:
         result = subprocess.run(["systemd-analyze", "calendar", "--iterations=7", expression],
                                 capture_output=True, text=True, check=True, env={"TZ": "UTC", "LANG": "C"})
         return re.findall(r"(?:Next elapse|Iter\. #\d+): (\w{3}) \S+ (\S+)", result.stdout)
 
-    assert {day for day, _ in next_runs(full)} == {"Sun"} and {t for _, t in next_runs(full)} == {"02:00:00"}
+    assert {day for day, _ in next_runs(full)} == {"Sun"}
+    assert {t for _, t in next_runs(full)} == {"02:00:00"}
     assert {day for day, _ in next_runs(incr)} == {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat"}
     assert {t for _, t in next_runs(incr)} == {"02:00:00"}
 
@@ -202,7 +208,8 @@ def test_backup_services_run_only_on_the_leader_and_never_together() -> None:
         assert re.search(rf"^ExecStart=/usr/bin/flock --wait \d+ /var/lib/pgbackrest/pgbackup-backup.lock "
                          rf"/usr/bin/pgbackrest --stanza=main --type={kind} backup$", unit, re.M)
         timer = files[f"/etc/systemd/system/pgbackup-backup-{kind}.timer"]["content"]
-        assert "Persistent=true" in timer and "RandomizedDelaySec=300" in timer
+        assert "Persistent=true" in timer
+        assert "RandomizedDelaySec=300" in timer
 
 
 def shellcheck(script: str) -> str:

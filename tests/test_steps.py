@@ -70,7 +70,8 @@ def test_secrets_travel_on_stdin_of_the_files_step(run: Run) -> None:
     assert f"repo1-s3-key-secret={SENTINELS['providerSecret']}" in config["content"]
     assert f"repo1-cipher-pass={SENTINELS['cipherPass']}" in config["content"]
     key = files["/etc/pgbackrest/tls/node.key"]
-    assert (key["mode"], key["owner"]) == ("0600", "postgres") and "SENTINEL-TLS-KEY" in key["content"]
+    assert (key["mode"], key["owner"]) == ("0600", "postgres")
+    assert "SENTINEL-TLS-KEY" in key["content"]
     assert is_wrapped_secret(run.named("cluster-pg1-files").raw_inputs["stdin"])
 
 
@@ -90,7 +91,8 @@ def test_scripts_are_strict_bash(run: Run) -> None:
 
 
 def depends_on(run: Run, name: str) -> set[str]:
-    return {dep._name for dep in run.options[name].depends_on or []}  # noqa: SLF001
+    deps: Any = run.options[name].depends_on or []
+    return {dep._name for dep in deps}
 
 
 def test_dependency_order(run: Run) -> None:
@@ -168,7 +170,8 @@ def test_destroy_disables_timers_and_keeps_everything_else(run: Run) -> None:
     assert sorted(with_delete) == [f"cluster-{n}-schedule" for n in ("pg1", "pg2", "pg3")]
     script = script_of(run.named("cluster-pg1-schedule"), "delete")
     assert "systemctl disable --now" in script
-    assert "rm " not in script and "pgbackrest" not in script.replace("pgbackup", "")
+    assert "rm " not in script
+    assert "pgbackrest" not in script.replace("pgbackup", "")
 
 
 def test_ssh_host_key_is_pinned_when_given() -> None:
