@@ -29,7 +29,7 @@ from components.node import (
     timers,
 )
 from components.pki import ClusterPki, ClusterPkiArgs
-from components.remote import connection, remote_step
+from components.remote import barrier, connection, remote_step
 from components.render import render, sha256
 
 
@@ -105,29 +105,38 @@ class BackupCluster(pulumi.ComponentResource):
                 depends_on=depends_on,
             )
 
-        stanza_steps, archiving_steps, verify_steps, schedule_steps = [], [], [], []
-        for node in cluster.nodes:
-            stanza_steps.append(step(node.name, "stanza", render("scripts/stanza.sh.j2",
-                                     **template_context(settings, node, "stanza")),
-                                     depends_on=all_files, triggers=[config_digest]))
-        for node in cluster.nodes:
-            archiving_steps.append(step(node.name, "archiving", render(
+        # Stages: every node's files -> stanza (leader) -> archiving (leader, with every node's Patroni edit)
+        # -> verify and first backup (leader) -> every node's schedule. Between stages, one barrier.
+        files_ready = barrier(f"{name}-files-ready", after=all_files, parent=self)
+        stanza_steps = [
+            step(node.name, "stanza", render("scripts/stanza.sh.j2", **template_context(settings, node, "stanza")),
+                 depends_on=[files_ready], triggers=[config_digest])
+            for node in cluster.nodes
+        ]
+        stanza_ready = barrier(f"{name}-stanza-ready", after=stanza_steps + all_patroni, parent=self)
+        archiving_steps = [
+            step(node.name, "archiving", render(
                 "scripts/archiving.sh.j2", **template_context(settings, node, "archiving"),
                 dynamic_config=dynamic_config(settings).rstrip("\n")),
-                depends_on=stanza_steps + all_patroni))
-        for node in cluster.nodes:
-            verify_steps.append(step(node.name, "verify", render("scripts/verify.sh.j2",
-                                     **template_context(settings, node, "verify")),
-                                     depends_on=archiving_steps, triggers=[config_digest]))
+                depends_on=[stanza_ready])
+            for node in cluster.nodes
+        ]
+        archiving_ready = barrier(f"{name}-archiving-ready", after=archiving_steps, parent=self)
+        verify_steps = [
+            step(node.name, "verify", render("scripts/verify.sh.j2", **template_context(settings, node, "verify")),
+                 depends_on=[archiving_ready], triggers=[config_digest])
+            for node in cluster.nodes
+        ]
+        verified = barrier(f"{name}-verified", after=verify_steps, parent=self)
         units = [*timers(), METRICS_UNIT] + ([TLS_SERVER_UNIT] if pki is not None else [])
         for node in cluster.nodes:
             ctx = template_context(settings, node, "schedule")
-            schedule_steps.append(step(
+            step(
                 node.name, "schedule",
                 render("scripts/schedule.sh.j2", **ctx, timers=timers(), units_digest=nodes[node.name].units_digest),
-                depends_on=[*verify_steps[:], nodes[node.name].files],
+                depends_on=[verified, nodes[node.name].files],
                 delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
-            ))
+            )
 
         reports = pulumi.Output.all(*[s.stdout for s in verify_steps]).apply(
             lambda outs: [parse_verify(out) for out in outs]

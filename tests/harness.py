@@ -232,3 +232,22 @@ def script_of(command: Resource, key: str = "create") -> str:
     assert words[0:2] == ["bash", "-c"], words[:2]
     assert len(words) == 4, words
     return words[2]
+
+
+def depends_on(run: Run, name: str) -> set[str]:
+    deps: Any = run.options[name].depends_on or []
+    return {dep._name for dep in deps}
+
+
+def depth(run: Run) -> int:
+    """The longest chain of remote steps (barriers run nothing and add no step)."""
+    remote_names = {c.name for c in run.commands}
+    memo: dict[str, int] = {}
+
+    def level(name: str) -> int:
+        if name not in memo:
+            below = max((level(d) for d in depends_on(run, name)), default=0)
+            memo[name] = below + (1 if name in remote_names else 0)
+        return memo[name]
+
+    return max(level(c.name) for c in run.commands)

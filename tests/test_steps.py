@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 
-from tests.harness import SENTINELS, Run, is_wrapped_secret, node_files, run_program, script_of, stack_config
+from tests.harness import (
+    SENTINELS,
+    Run,
+    depends_on,
+    depth,
+    is_wrapped_secret,
+    node_files,
+    run_program,
+    script_of,
+    stack_config,
+)
 
 STEPS = ["install", "files", "patroni", "stanza", "archiving", "verify", "schedule"]
 
@@ -90,39 +100,30 @@ def test_scripts_are_strict_bash(run: Run) -> None:
                 assert "failed on node" in script
 
 
-def depends_on(run: Run, name: str) -> set[str]:
-    deps: Any = run.options[name].depends_on or []
-    return {dep._name for dep in deps}
-
-
 def test_dependency_order(run: Run) -> None:
     nodes = ("pg1", "pg2", "pg3")
+    barriers = {b.name: depends_on(run, b.name) for b in run.of_type("command:local:Command")}
+    assert barriers == {
+        "cluster-files-ready": {f"cluster-{m}-files" for m in nodes},
+        "cluster-stanza-ready": {f"cluster-{m}-{s}" for m in nodes for s in ("stanza", "patroni")},
+        "cluster-archiving-ready": {f"cluster-{m}-archiving" for m in nodes},
+        "cluster-verified": {f"cluster-{m}-verify" for m in nodes},
+    }
+    for barrier in run.of_type("command:local:Command"):
+        assert not any(barrier.inputs.get(k) for k in ("create", "update", "delete")), "a barrier runs nothing"
     for n in nodes:
         assert depends_on(run, f"cluster-{n}-files") == {f"cluster-{n}-install"}
         assert depends_on(run, f"cluster-{n}-patroni") == {f"cluster-{n}-files"}
-        assert depends_on(run, f"cluster-{n}-stanza") == {f"cluster-{m}-files" for m in nodes}
-        assert depends_on(run, f"cluster-{n}-archiving") == (
-            {f"cluster-{m}-stanza" for m in nodes} | {f"cluster-{m}-patroni" for m in nodes})
-        assert depends_on(run, f"cluster-{n}-verify") == {f"cluster-{m}-archiving" for m in nodes}
-        assert depends_on(run, f"cluster-{n}-schedule") == {f"cluster-{m}-verify" for m in nodes} | {
-            f"cluster-{n}-files"}
+        assert depends_on(run, f"cluster-{n}-stanza") == {"cluster-files-ready"}
+        assert depends_on(run, f"cluster-{n}-archiving") == {"cluster-stanza-ready"}
+        assert depends_on(run, f"cluster-{n}-verify") == {"cluster-archiving-ready"}
+        assert depends_on(run, f"cluster-{n}-schedule") == {"cluster-verified", f"cluster-{n}-files"}
     # Under mocks a resource registers only after what it depends on: the order is a deployment order.
-    order = [c.name for c in run.commands]
+    order = [r.name for r in run.resources]
     for n in nodes:
-        positions = [order.index(f"cluster-{n}-{s}") for s in ("install", "files", "patroni")]
-        assert positions == sorted(positions)
+        positions = [order.index(f"cluster-{n}-{s}") for s in STEPS]
+        assert positions == sorted(positions), n
         assert max(order.index(f"cluster-{m}-archiving") for m in nodes) < order.index(f"cluster-{n}-verify")
-
-
-def depth(run: Run) -> int:
-    memo: dict[str, int] = {}
-
-    def level(name: str) -> int:
-        if name not in memo:
-            memo[name] = 1 + max((level(d) for d in depends_on(run, name)), default=0)
-        return memo[name]
-
-    return max(level(c.name) for c in run.commands)
 
 
 def nodes(count: int) -> list[dict[str, str]]:
@@ -132,7 +133,7 @@ def nodes(count: int) -> list[dict[str, str]]:
 def test_sequential_depth_does_not_grow_with_nodes() -> None:
     depths = {count: depth(run_program(stack_config(cluster={"stanza": "main", "nodes": nodes(count)})))
               for count in (2, 3, 8)}
-    # install, files, patroni-local, archiving, verify, schedule (the stanza runs beside patroni-local)
+    # install, files, patroni-local (stanza beside it), archiving, verify, schedule
     assert set(depths.values()) == {6}, depths
 
 

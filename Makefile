@@ -1,0 +1,51 @@
+# pgbackup: one command for each thing a developer or CI does. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the unit tests judge with: pgBackRest's option parser, systemd-analyze, promtool.
+TEST_DEBS := pgbackrest systemd prometheus shellcheck
+# ... and what the lab runs on the host (nodes get theirs inside the image).
+LAB_DEBS := debootstrap systemd-container etcd-server etcd-client nginx openssl postgresql-client-15 patroni \
+            python3-etcd iproute2 curl jq openssh-client
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
+
+.PHONY: setup setup-lab test lint unit lab lab-apply lab-test lab-down bench help
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed ## Debian packages and the venv for the program and its unit tests
+	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(APT) update >/dev/null && $(APT) install --no-install-recommends $$missing >/dev/null; fi
+
+setup-lab: setup ## ... and the Debian packages the lab needs on the host
+	@missing=$$(for p in $(LAB_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(APT) update >/dev/null && $(APT) install --no-install-recommends $$missing >/dev/null; fi
+
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+unit: setup ## the fast suite: everything but the lab
+	$(PY) -m pytest -m "not lab" -q
+
+test: lint unit ## lint, types and the fast suite (the README's test command)
+
+lab: setup-lab ## build and boot the lab, apply the program to it, print the stack outputs
+	lab/up.sh
+	$(PY) -m lab.driver up
+
+lab-test: setup-lab ## the end-to-end tests against the lab (root; builds and tears down the lab)
+	$(PY) -m pytest -m lab -q
+
+lab-down: ## stop the lab (keeps the cached node image)
+	lab/down.sh
+
+bench: setup ## evaluation time, steps per node and dependency depth for 3, 20 and 100 nodes
+	$(PY) benchmarks/steps.py
