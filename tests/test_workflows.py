@@ -30,8 +30,11 @@ def test_actionlint_can_fail(tmp_path: Path) -> None:
 
 def test_preview_runs_for_dev_and_prod_with_pr_comments() -> None:
     text = (ROOT / ".github" / "workflows" / "preview.yml").read_text()
-    assert "pulumi/actions@" in text and "command: preview" in text and "comment-on-pr: true" in text
-    assert "stack: [dev, prod]" in text and "pull_request" in text
+    assert "pulumi/actions@" in text
+    assert "command: preview" in text
+    assert "comment-on-pr: true" in text
+    assert "stack: [dev, prod]" in text
+    assert "pull_request" in text
 
 
 def test_test_workflow_runs_the_readme_test_command() -> None:

@@ -62,7 +62,8 @@ def pgbackup_outputs() -> dict[str, Any]:
 def test_consumer_reads_the_contract() -> None:
     values, secret = run_consumer(pgbackup_outputs(), now="2026-11-23T12:00:00+00:00")
     assert values["backupHealthy"] is True
-    assert values["leader"] == "pg1" and values["stanza"] == "main"
+    assert values["leader"] == "pg1"
+    assert values["stanza"] == "main"
     assert "repo1-s3-endpoint=minio.lan\n" in values["restoreConfig"]
     assert "repo1-storage-port=9000\n" in values["restoreConfig"]
     assert f"repo1-cipher-pass={SENTINELS['cipherPass']}" in values["restoreConfig"]
