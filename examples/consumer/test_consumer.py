@@ -36,7 +36,7 @@ def run_consumer(outputs: dict[str, Any], now: str) -> tuple[dict[str, Any], set
     values: dict[str, Any] = {}
     secret: set[str] = set()
 
-    @pulumi.runtime.test
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def body() -> Any:
         runpy.run_path(str(CONSUMER), run_name="__main__")
         exported = dict(getattr(pulumi_settings.get_root_resource(), "outputs", {}))
@@ -56,7 +56,8 @@ def run_consumer(outputs: dict[str, Any], now: str) -> tuple[dict[str, Any], set
 
 def pgbackup_outputs() -> dict[str, Any]:
     storage = {"provider": "minio", "endpoint": "minio.lan:9000", "bucket": "pg-backups"}
-    return json.loads(json.dumps(run_program(stack_config(storage=storage)).outputs))
+    outputs: dict[str, Any] = json.loads(json.dumps(run_program(stack_config(storage=storage)).outputs))
+    return outputs
 
 
 def test_consumer_reads_the_contract() -> None:
