@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 # Debian packages the unit tests judge with: pgBackRest's option parser, systemd-analyze, promtool.
 TEST_DEBS := pgbackrest systemd prometheus shellcheck
 # ... and what the lab runs on the host (nodes get theirs inside the image).
-LAB_DEBS := debootstrap systemd-container etcd-server etcd-client nginx openssl postgresql-client-15 patroni \
-            python3-etcd iproute2 curl jq openssh-client
+LAB_DEBS := debootstrap systemd-container etcd-server etcd-client patroni python3-etcd nginx openssl \
+            openssh-client curl jq util-linux procps ca-certificates python3-venv iproute2
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
 
 .PHONY: setup setup-lab test lint unit lab lab-apply lab-test lab-down bench help

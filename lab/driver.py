@@ -1,0 +1,451 @@
+"""The lab driver: `pulumi up` for the lab, without the Pulumi CLI.
+
+It evaluates the real __main__.py with the stack configuration of Pulumi.lab.yaml under Pulumi's mocks, in
+which registering a resource really makes it:
+
+- `command:remote:Command` runs its `create` (or `update`, or `delete` then `create` on a trigger change)
+  over SSH with its stdin, as pulumi-command does, and returns the real stdout. A step whose inputs have not
+  changed since the last successful run is not run again, as with Pulumi's own diff;
+- the S3 resources (bucket, versioning, IAM user, policy, access key) are created in the lab's S3 through the
+  endpoints of the program's own aws provider;
+- random passwords and the pulumi-tls keys and certificates are generated for real (cryptography).
+
+What a real `pulumi up` keeps in its state (ids, generated secrets, inputs of the last run) the driver keeps
+in $LAB_DIR/driver-state.json (0600). Every command it runs is appended to $LAB_DIR/driver-runs.jsonl.
+
+Usage: python -m lab.driver up | destroy | outputs   (after lab/up.sh; reads $LAB_DIR/env.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import hashlib
+import io
+import ipaddress
+import json
+import os
+import runpy
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import paramiko
+import pulumi
+import yaml
+from botocore.config import Config as BotoConfig
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pulumi.runtime import settings as pulumi_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+COMMAND_TIMEOUT = 1800
+
+
+class StepFailed(RuntimeError):
+    """A remote command exited non-zero (message as pulumi-command words it, with the output's tail)."""
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        if SECRET_SIG in value and "value" in value:
+            return unwrap(value["value"])
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- SSH
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise StepFailed("the SSH private key is not an ed25519, ECDSA or RSA key")
+
+
+def run_ssh(connection: dict[str, Any], command: str, stdin: str | None, known_hosts: str | None) -> tuple[int, str, str]:
+    """Run `command` in one SSH session with `stdin`, as pulumi-command does. Returns (status, out, err)."""
+    client = paramiko.SSHClient()
+    if connection.get("hostKey"):
+        kind, blob = connection["hostKey"].split()[:2]
+        client.get_host_keys().add(connection["host"], kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    elif known_hosts:
+        client.load_host_keys(known_hosts)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    key = load_private_key(connection["privateKey"])
+    client.connect(connection["host"], port=int(connection.get("port") or 22), username=connection.get("user") or "root",
+                   pkey=key, timeout=float(connection.get("perDialTimeout") or 15), allow_agent=False,
+                   look_for_keys=False)
+    try:
+        channel = client.get_transport().open_session()  # type: ignore[union-attr]
+        channel.settimeout(COMMAND_TIMEOUT)
+        channel.exec_command(command)
+        if stdin:
+            channel.sendall(stdin.encode())
+        channel.shutdown_write()
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"timed out after {COMMAND_TIMEOUT} s")
+            time.sleep(0.05)
+        return channel.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+
+
+def _name(subject: dict[str, Any] | None) -> x509.Name:
+    subject = subject or {}
+    attrs = []
+    if subject.get("organization"):
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject["organization"]))
+    if subject.get("commonName"):
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, subject["commonName"]))
+    return x509.Name(attrs)
+
+
+def _usages(builder: x509.CertificateBuilder, uses: list[str], is_ca: bool) -> x509.CertificateBuilder:
+    builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    builder = builder.add_extension(x509.KeyUsage(
+        digital_signature="digital_signature" in uses, content_commitment=False,
+        key_encipherment="key_encipherment" in uses, data_encipherment=False, key_agreement=False,
+        key_cert_sign="cert_signing" in uses, crl_sign="crl_signing" in uses, encipher_only=False,
+        decipher_only=False), critical=True)
+    extended = [oid for use, oid in (("server_auth", ExtendedKeyUsageOID.SERVER_AUTH),
+                                     ("client_auth", ExtendedKeyUsageOID.CLIENT_AUTH)) if use in uses]
+    if extended:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(extended), critical=False)
+    return builder
+
+
+def _cert(subject: x509.Name, issuer: x509.Name, public_key: Any, signing_key: Any, hours: int, uses: list[str],
+          is_ca: bool, sans: list[x509.GeneralName]) -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(hours=hours)))
+    builder = _usages(builder, uses, is_ca)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(signing_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    load = serialization.load_pem_private_key
+    if typ == "tls:index/privateKey:PrivateKey":
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return {"private_key_pem": pem, "public_key_pem": public}
+    if typ == "tls:index/selfSignedCert:SelfSignedCert":
+        key = load(inputs["privateKeyPem"].encode(), None)
+        name = _name(inputs.get("subject"))
+        return {"cert_pem": _cert(name, name, key.public_key(), key, int(inputs["validityPeriodHours"]),
+                                  inputs["allowedUses"], bool(inputs.get("isCaCertificate")), [])}
+    if typ == "tls:index/certRequest:CertRequest":
+        key = load(inputs["privateKeyPem"].encode(), None)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in inputs.get("dnsNames") or []]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses") or []]
+        builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        csr = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        return {"cert_request_pem": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    if typ == "tls:index/locallySignedCert:LocallySignedCert":
+        csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        ca_key = load(inputs["caPrivateKeyPem"].encode(), None)
+        try:
+            sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = []
+        return {"cert_pem": _cert(csr.subject, ca.subject, csr.public_key(), ca_key,
+                                  int(inputs["validityPeriodHours"]), inputs["allowedUses"], False, sans)}
+    raise NotImplementedError(typ)
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+class LabEngine(pulumi.runtime.Mocks):
+    """Pulumi's mocks, with every resource made for real."""
+
+    def __init__(self, lab_dir: Path, env: dict[str, str], destroy: bool = False) -> None:
+        self.lab_dir = lab_dir
+        self.env = env
+        self.state_path = lab_dir / "driver-state.json"
+        self.log_path = lab_dir / "driver-runs.jsonl"
+        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.providers: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.ran: list[str] = []
+        self.destroy = destroy
+
+    # -- bookkeeping
+    def save(self) -> None:
+        with self.lock:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+            tmp.chmod(0o600)
+            tmp.replace(self.state_path)
+
+    def remember(self, name: str, inputs_digest: str, outputs: dict[str, Any], extra: dict[str, Any] | None = None
+                 ) -> None:
+        with self.lock:
+            self.state[name] = {"inputs": inputs_digest, "outputs": outputs, **(extra or {})}
+        self.save()
+
+    def record_run(self, name: str, action: str, command: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.ran.append(name)
+            with self.log_path.open("a") as log:
+                log.write(json.dumps({"time": time.time(), "resource": name, "action": action,
+                                      "command": command, "status": status, "seconds": round(seconds, 2)}) + "\n")
+
+    # -- resources
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = unwrap(args.inputs)
+        typ = args.typ
+        if typ.startswith("pgbackup:") or typ == "pulumi:pulumi:Stack":
+            return f"{args.name}-id", {}
+        if typ.startswith("pulumi:providers:"):
+            self.providers[args.name] = inputs
+            return f"{args.name}-id", inputs
+        if typ == "command:remote:Command":
+            return self.remote_command(args.name, inputs)
+        if typ == "command:local:Command":
+            if any(inputs.get(k) for k in ("create", "update", "delete")):
+                raise NotImplementedError("the lab driver runs no local command with a script")
+            return f"{args.name}-id", inputs
+        if typ.startswith(("random:", "tls:")):
+            return self.generated(args.name, typ, inputs)
+        if typ.startswith("aws:"):
+            return self.aws_resource(args, inputs)
+        raise NotImplementedError(f"lab driver: no real implementation for {typ} ({args.name})")
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        raise NotImplementedError(f"lab driver: no function {args.token}")
+
+    def generated(self, name: str, typ: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Random and TLS material: made once, then kept (as Pulumi's state keeps it) while inputs hold."""
+        key = digest([typ, inputs])
+        old = self.state.get(name)
+        if old and old["inputs"] == key:
+            return f"{name}-id", {**inputs, **old["outputs"]}
+        if typ == "random:index/randomPassword:RandomPassword":
+            outputs = {"result": secrets.token_urlsafe(48)[: int(inputs.get("length") or 32)]}
+        else:
+            outputs = make_tls(typ, inputs)
+        self.remember(name, key, outputs)
+        return f"{name}-id", {**inputs, **outputs}
+
+    def boto(self, service: str, provider_ref: str | None) -> Any:
+        provider = next((p for n, p in self.providers.items() if provider_ref and f"::{n}::" in provider_ref), None)
+        if provider is None:
+            raise RuntimeError(f"lab driver: no aws provider for {provider_ref}")
+        endpoints = provider["endpoints"]
+        endpoints = json.loads(endpoints) if isinstance(endpoints, str) else endpoints
+        url = endpoints[0][service]
+        style = "path" if str(provider.get("s3UsePathStyle")).lower() == "true" else "virtual"
+        return boto3.client(service, endpoint_url=url, region_name=provider.get("region"),
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                            verify=self.env["LAB_CA_FILE"], config=BotoConfig(s3={"addressing_style": style}))
+
+    def aws_resource(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]
+                     ) -> tuple[str, dict[str, Any]]:
+        typ, name = args.typ, args.name
+        old = self.state.get(name)
+        key = digest([typ, inputs])
+        if old and old["inputs"] == key:
+            return old["outputs"]["id"], {**inputs, **old["outputs"]}
+        if typ == "aws:s3/bucket:Bucket":
+            s3 = self.boto("s3", args.provider)
+            existing = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+            if inputs["bucket"] not in existing:
+                s3.create_bucket(Bucket=inputs["bucket"])
+            outputs = {"id": inputs["bucket"], "arn": f"arn:aws:s3:::{inputs['bucket']}"}
+        elif typ == "aws:s3/bucketVersioning:BucketVersioning":
+            self.boto("s3", args.provider).put_bucket_versioning(
+                Bucket=inputs["bucket"], VersioningConfiguration={"Status": inputs["versioningConfiguration"]["status"]})
+            outputs = {"id": inputs["bucket"]}
+        elif typ == "aws:iam/user:User":
+            iam = self.boto("iam", args.provider)
+            try:
+                iam.create_user(UserName=inputs["name"])
+            except iam.exceptions.EntityAlreadyExistsException:
+                pass
+            outputs = {"id": inputs["name"], "name": inputs["name"]}
+        elif typ == "aws:iam/userPolicy:UserPolicy":
+            self.boto("iam", args.provider).put_user_policy(UserName=inputs["user"], PolicyName=name,
+                                                            PolicyDocument=inputs["policy"])
+            outputs = {"id": f"{inputs['user']}:{name}"}
+        elif typ == "aws:iam/accessKey:AccessKey":
+            created = self.boto("iam", args.provider).create_access_key(UserName=inputs["user"])["AccessKey"]
+            outputs = {"id": created["AccessKeyId"], "secret": created["SecretAccessKey"]}
+        else:
+            raise NotImplementedError(f"lab driver: no real implementation for {typ} ({name})")
+        self.remember(name, key, outputs)
+        return outputs["id"], {**inputs, **outputs}
+
+    def remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """pulumi-command's lifecycle: create once; on an input change run update (or create); on a trigger
+        change replace (delete, then create). Unchanged inputs: nothing runs, the last stdout stands."""
+        connection = inputs["connection"]
+        watched = {k: inputs.get(k) for k in ("create", "update", "delete", "stdin", "triggers")}
+        watched["connection"] = {k: connection.get(k) for k in ("host", "port", "user")}
+        key = digest(watched)
+        old = self.state.get(name)
+        if old and old["inputs"] == key:
+            return f"{name}-id", {**inputs, "stdout": old["outputs"]["stdout"], "stderr": old["outputs"]["stderr"]}
+        if old and old.get("triggers") != digest(inputs.get("triggers")) and old.get("delete"):
+            self.execute(name, "delete", old["delete"], None, old["connection"])
+        command = inputs.get("update") if old and old.get("triggers") == digest(inputs.get("triggers")) else None
+        command = command or inputs.get("create")
+        stdout, stderr = ("", "")
+        if command:
+            stdout, stderr = self.execute(name, "create" if not old else "update", command, inputs.get("stdin"),
+                                          connection)
+        self.remember(name, key, {"stdout": stdout, "stderr": stderr},
+                      {"triggers": digest(inputs.get("triggers")), "delete": inputs.get("delete"),
+                       "connection": connection})
+        return f"{name}-id", {**inputs, "stdout": stdout, "stderr": stderr}
+
+    def execute(self, name: str, action: str, command: str, stdin: str | None, connection: dict[str, Any]
+                ) -> tuple[str, str]:
+        started = time.monotonic()
+        try:
+            status, out, err = run_ssh(connection, command, stdin, self.env.get("LAB_SSH_KNOWN_HOSTS"))
+        except (OSError, paramiko.SSHException) as error:
+            self.record_run(name, action, command, -1, time.monotonic() - started)
+            raise StepFailed(f"{name}: cannot reach {connection['host']}:{connection.get('port') or 22} over SSH: "
+                             f"{error}") from None
+        self.record_run(name, action, command, status, time.monotonic() - started)
+        if status != 0:
+            tail = "\n".join((out + err).strip().splitlines()[-15:])
+            raise StepFailed(f"{name}: Process exited with status {status}\n{tail}")
+        # pulumi-command returns the output without its trailing newline.
+        return out.rstrip("\n"), err.rstrip("\n")
+
+    def destroy_all(self) -> None:
+        """`pulumi destroy`: run the delete command of every remote step that has one; forget the rest.
+        Storage is retained (retainOnDelete), like the program says."""
+        for name, entry in sorted(self.state.items()):
+            if entry.get("delete"):
+                self.execute(name, "delete", entry["delete"], None, entry["connection"])
+        self.state = {}
+        self.save()
+
+
+# ---------------------------------------------------------------------------------------------- program
+
+
+def stack_config(stack_file: Path) -> dict[str, Any]:
+    document = yaml.safe_load(stack_file.read_text()) or {}
+    config: dict[str, Any] = document.get("config") or {}
+    return config
+
+
+def mask(value: Any, secret: bool) -> Any:
+    return "[secret]" if secret else value
+
+
+def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bool = False) -> dict[str, Any]:
+    """Evaluate __main__.py against the lab. Returns the stack outputs (secrets masked unless asked)."""
+    engine = LabEngine(lab_dir, env)
+    config = stack_config(stack_file)
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1], preview=False)
+    pulumi.runtime.set_all_config(values, secret_keys=["pgbackup:sshPrivateKey"])
+    outputs: dict[str, Any] = {}
+    secret: set[str] = set()
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def program() -> Any:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        exported = dict(getattr(pulumi_settings.get_root_resource(), "outputs", {}))
+
+        async def collect() -> None:
+            for key, value in exported.items():
+                out = pulumi.Output.from_input(value)
+                outputs[key] = await out.future()
+                if await out.is_secret():
+                    secret.add(key)
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    program()
+    shown = {k: v if show_secrets else mask(v, k in secret) for k, v in outputs.items()}
+    (lab_dir / "outputs.json").write_text(json.dumps({k: mask(v, k in secret) for k, v in outputs.items()},
+                                                     indent=2, sort_keys=True))
+    return {"outputs": shown, "ran": engine.ran}
+
+
+def lab_env() -> tuple[Path, dict[str, str]]:
+    lab_dir = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))
+    env_file = lab_dir / "env.json"
+    if not env_file.exists():
+        sys.exit(f"lab driver: {env_file} is missing: run lab/up.sh first")
+    env: dict[str, str] = json.loads(env_file.read_text())
+    return lab_dir, env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "destroy", "outputs"])
+    parser.add_argument("--stack-file", default=str(ROOT / "Pulumi.lab.yaml"))
+    options = parser.parse_args()
+    lab_dir, env = lab_env()
+    if options.action == "outputs":
+        print((lab_dir / "outputs.json").read_text())
+        return
+    if options.action == "destroy":
+        LabEngine(lab_dir, env, destroy=True).destroy_all()
+        print("destroyed: backup timers disabled on every node; bucket, repository and data kept")
+        return
+    started = time.monotonic()
+    try:
+        result = apply(lab_dir, env, Path(options.stack_file))
+    except Exception as error:  # the program's own error, or a step's
+        sys.exit(f"lab driver: pulumi up failed: {error}")
+    print(json.dumps(result["outputs"], indent=2, sort_keys=True))
+    print(f"lab driver: {len(result['ran'])} remote or storage operations ran, {time.monotonic() - started:.1f} s",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
