@@ -382,15 +382,21 @@ def mask(value: Any, secret: bool) -> Any:
     return "[secret]" if secret else value
 
 
-def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bool = False) -> dict[str, Any]:
-    """Evaluate __main__.py against the lab. Returns the stack outputs (secrets masked unless asked)."""
+def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bool = False,
+          extra_secrets: dict[str, str] | None = None) -> dict[str, Any]:
+    """Evaluate __main__.py against the lab. Returns {"outputs": the stack outputs (secrets masked unless
+    asked), "ran": the resources that really did something}. `extra_secrets` are secret config keys
+    (pgbackup:<key>), as `pulumi config set --secret` would give them."""
     engine = LabEngine(lab_dir, env)
     config = stack_config(stack_file)
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
+    for key, value in (extra_secrets or {}).items():
+        values[f"pgbackup:{key}"] = value
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1], preview=False)
-    pulumi.runtime.set_all_config(values, secret_keys=["pgbackup:sshPrivateKey"])
+    pulumi.runtime.set_all_config(
+        values, secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})])
     outputs: dict[str, Any] = {}
     secret: set[str] = set()
 

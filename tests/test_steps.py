@@ -96,7 +96,7 @@ def test_scripts_are_strict_bash(run: Run) -> None:
         for key in ("create", "delete"):
             if command.inputs.get(key):
                 script = script_of(command, key)
-                assert "set -euo pipefail" in script.splitlines()[1], command.name
+                assert "set -Eeuo pipefail" in script.splitlines()[1], command.name
                 assert "failed on node" in script
 
 
