@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import io
@@ -303,18 +304,20 @@ class LabEngine(pulumi.runtime.Mocks):
             outputs = {"id": inputs["bucket"]}
         elif typ == "aws:iam/user:User":
             iam = self.boto("iam", args.provider)
-            try:
+            with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
                 iam.create_user(UserName=inputs["name"])
-            except iam.exceptions.EntityAlreadyExistsException:
-                pass
             outputs = {"id": inputs["name"], "name": inputs["name"]}
         elif typ == "aws:iam/userPolicy:UserPolicy":
             self.boto("iam", args.provider).put_user_policy(UserName=inputs["user"], PolicyName=name,
                                                             PolicyDocument=inputs["policy"])
             outputs = {"id": f"{inputs['user']}:{name}"}
         elif typ == "aws:iam/accessKey:AccessKey":
-            created = self.boto("iam", args.provider).create_access_key(UserName=inputs["user"])["AccessKey"]
-            outputs = {"id": created["AccessKeyId"], "secret": created["SecretAccessKey"]}
+            iam = self.boto("iam", args.provider)
+            if old:  # replaced: the old key goes, as pulumi-aws deletes it
+                with contextlib.suppress(iam.exceptions.NoSuchEntityException):
+                    iam.delete_access_key(UserName=old["outputs"]["user"], AccessKeyId=old["outputs"]["id"])
+            created = iam.create_access_key(UserName=inputs["user"])["AccessKey"]
+            outputs = {"id": created["AccessKeyId"], "secret": created["SecretAccessKey"], "user": inputs["user"]}
         else:
             raise NotImplementedError(f"lab driver: no real implementation for {typ} ({name})")
         self.remember(name, key, outputs)

@@ -109,7 +109,9 @@ class Lab:
         """The driver's `pulumi up` with Pulumi.lab.yaml, or with `stack` (the config mapping) instead."""
         stack_file = ROOT / "Pulumi.lab.yaml"
         if stack is not None:
-            stack_file = LAB_DIR / "Pulumi.labtest.yaml"
+            # Same stack name ("lab"), other configuration: as `pulumi config set` then `pulumi up -s lab`.
+            (LAB_DIR / "changed").mkdir(exist_ok=True)
+            stack_file = LAB_DIR / "changed" / "Pulumi.lab.yaml"
             stack_file.write_text(yaml.safe_dump({"config": stack}))
         return driver.apply(LAB_DIR, self.env, stack_file, extra_secrets=secrets)
 
