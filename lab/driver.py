@@ -48,7 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.runtime import settings as pulumi_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 -- the engine's secret marker, not a secret
 COMMAND_TIMEOUT = 1800
 
 
@@ -82,24 +82,30 @@ def load_private_key(text: str) -> paramiko.PKey:
     raise StepFailed("the SSH private key is not an ed25519, ECDSA or RSA key")
 
 
-def run_ssh(connection: dict[str, Any], command: str, stdin: str | None, known_hosts: str | None) -> tuple[int, str, str]:
+def run_ssh(
+    connection: dict[str, Any], command: str, stdin: str | None, known_hosts: str | None
+) -> tuple[int, str, str]:
     """Run `command` in one SSH session with `stdin`, as pulumi-command does. Returns (status, out, err)."""
     client = paramiko.SSHClient()
     if connection.get("hostKey"):
         kind, blob = connection["hostKey"].split()[:2]
-        client.get_host_keys().add(connection["host"], kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+        host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        client.get_host_keys().add(connection["host"], kind, host_key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     elif known_hosts:
         client.load_host_keys(known_hosts)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        # As pulumi-command does without hostKey: the README says to pin it.
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
     key = load_private_key(connection["privateKey"])
-    client.connect(connection["host"], port=int(connection.get("port") or 22), username=connection.get("user") or "root",
-                   pkey=key, timeout=float(connection.get("perDialTimeout") or 15), allow_agent=False,
-                   look_for_keys=False)
+    client.connect(connection["host"], port=int(connection.get("port") or 22),
+                   username=connection.get("user") or "root", pkey=key,
+                   timeout=float(connection.get("perDialTimeout") or 15), allow_agent=False, look_for_keys=False)
     try:
-        channel = client.get_transport().open_session()  # type: ignore[union-attr]
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session()
         channel.settimeout(COMMAND_TIMEOUT)
         channel.exec_command(command)
         if stdin:
@@ -164,10 +170,10 @@ def _cert(subject: x509.Name, issuer: x509.Name, public_key: Any, signing_key: A
 def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
     load = serialization.load_pem_private_key
     if typ == "tls:index/privateKey:PrivateKey":
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        generated = ec.generate_private_key(ec.SECP256R1())
+        pem = generated.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                 serialization.NoEncryption()).decode()
-        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+        public = generated.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         return {"private_key_pem": pem, "public_key_pem": public}
     if typ == "tls:index/selfSignedCert:SelfSignedCert":
@@ -182,7 +188,7 @@ def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
         builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        csr = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        csr = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]  # an EC key: make_tls made it
         return {"cert_request_pem": csr.public_bytes(serialization.Encoding.PEM).decode()}
     if typ == "tls:index/locallySignedCert:LocallySignedCert":
         csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
@@ -299,8 +305,9 @@ class LabEngine(pulumi.runtime.Mocks):
                 s3.create_bucket(Bucket=inputs["bucket"])
             outputs = {"id": inputs["bucket"], "arn": f"arn:aws:s3:::{inputs['bucket']}"}
         elif typ == "aws:s3/bucketVersioning:BucketVersioning":
+            status = inputs["versioningConfiguration"]["status"]
             self.boto("s3", args.provider).put_bucket_versioning(
-                Bucket=inputs["bucket"], VersioningConfiguration={"Status": inputs["versioningConfiguration"]["status"]})
+                Bucket=inputs["bucket"], VersioningConfiguration={"Status": status})
             outputs = {"id": inputs["bucket"]}
         elif typ == "aws:iam/user:User":
             iam = self.boto("iam", args.provider)
@@ -425,7 +432,7 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
 
 
 def lab_env() -> tuple[Path, dict[str, str]]:
-    lab_dir = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))
+    lab_dir = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108 -- the lab's own state
     env_file = lab_dir / "env.json"
     if not env_file.exists():
         sys.exit(f"lab driver: {env_file} is missing: run lab/up.sh first")

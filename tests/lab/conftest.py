@@ -67,7 +67,7 @@ class Lab:
         return members
 
     def leader(self) -> str:
-        leaders = [m["Member"] for m in self.members() if m.get("Role") == "Leader"]
+        leaders = [str(m["Member"]) for m in self.members() if m.get("Role") == "Leader"]
         assert len(leaders) == 1, self.members()
         return leaders[0]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from lab import driver
 from tests.lab.conftest import LAB_DIR, PG_BIN, STANZA, Lab, sh
 
 pytestmark = pytest.mark.lab
@@ -221,7 +222,7 @@ def test_unreachable_endpoint_fails_clearly_without_secrets(lab: Lab) -> None:
     stack = copy.deepcopy(lab.stack())
     stack["pgbackup:storage"].update(endpoint="localhost:9", create=False)
     secret = "wrong-secret-for-an-unreachable-endpoint-7b1c"
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(driver.StepFailed) as failure:
         lab.apply(stack, secrets={"accessKeyId": "LABKEYID", "secretAccessKey": secret})
     message = str(failure.value)
     assert re.search(r"cluster-pgnode\d-stanza", message)
@@ -265,7 +266,7 @@ def test_a_node_unreachable_at_apply_time(lab: Lab) -> None:
     stack["pgbackup:cluster"]["nodes"].append({"name": "pgnode9", "host": "127.0.1.9"})
     log = LAB_DIR / "driver-runs.jsonl"
     already = len(log.read_text().splitlines())
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(driver.StepFailed) as failure:
         lab.apply(stack)
     message = str(failure.value)
     assert "cluster-pgnode9-install" in message
