@@ -1,29 +1,13 @@
-"""The lab fixture: a fresh lab (lab/up.sh), the program applied by the lab driver, torn down at the end.
-
-Everything here talks to loopback addresses only: the nodes are 127.0.1.1-3, S3 is https://localhost:9443.
-"""
+"""The lab fixture: a fresh lab (lab/up.sh), the program applied by the lab driver, torn down at the end."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from lab import driver
-
-ROOT = Path(__file__).resolve().parents[2]
-LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))
-STANZA = "lab"
-PG_BIN = "/usr/lib/postgresql/15/bin"
+from lab.control import Lab, start_lab, stop_lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,130 +16,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lab)
 
 
-def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{shlex.join(args)} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-@dataclass
-class Lab:
-    env: dict[str, str]
-    first_apply: dict[str, Any]
-    first_apply_seconds: float
-    nodes: list[str] = field(default_factory=lambda: ["pgnode1", "pgnode2", "pgnode3"])
-
-    # -- access
-    def ssh(self, node: str, command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return sh("ssh", "-F", self.env["LAB_SSH_CONFIG"], node, command, check=check, timeout=timeout)
-
-    def sql(self, node: str, query: str, port: int = 5432, socket: str = "/var/run/postgresql") -> str:
-        command = f"cd /tmp && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -h {socket} -p {port} -c {shlex.quote(query)}"
-        return self.ssh(node, command).stdout.strip()
-
-    def pgbackrest(self, node: str, args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.ssh(node, f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={STANZA} {args}", check=check)
-
-    def info(self, node: str | None = None) -> dict[str, Any]:
-        stanzas: list[dict[str, Any]] = json.loads(self.pgbackrest(node or self.leader(), "--output=json info").stdout)
-        return stanzas[0]
-
-    def members(self) -> list[dict[str, Any]]:
-        out = sh("patronictl", "-c", self.env["LAB_PATRONICTL_CONFIG"], "list", "-f", "json").stdout
-        members: list[dict[str, Any]] = json.loads(out)
-        return members
-
-    def leader(self) -> str:
-        leaders = [str(m["Member"]) for m in self.members() if m.get("Role") == "Leader"]
-        assert len(leaders) == 1, self.members()
-        return leaders[0]
-
-    def replicas(self) -> list[str]:
-        return [m["Member"] for m in self.members() if m.get("Role") != "Leader"]
-
-    def wait_healthy(self, timeout: float = 180, count: int = 3) -> list[dict[str, Any]]:
-        """Until one leader and count-1 replicas are running/streaming with nothing pending."""
-        deadline = time.monotonic() + timeout
-        members: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            try:
-                members = self.members()
-            except AssertionError:
-                members = []
-            leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
-            ok = [m for m in members if m.get("State") in ("running", "streaming") and not m.get("Pending restart")]
-            if len(leaders) == 1 and len(ok) == count:
-                return members
-            time.sleep(2)
-        raise AssertionError(f"cluster not healthy after {timeout} s: {members}")
-
-    def wait_archived(self, segment: str, timeout: float = 120) -> None:
-        """Until the repository's archive holds `segment` (a WAL file name)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # Compare log and segment numbers; the timeline (first 8 digits) changes with a failover.
-            if any(a["max"] and a["max"][8:] >= segment[8:] for a in self.info()["archive"]):
-                return
-            time.sleep(2)
-        raise AssertionError(f"{segment} not archived after {timeout} s: {self.info()['archive']}")
-
-    def switch_wal(self, node: str) -> str:
-        """Close the current WAL segment (in its own transaction); returns its file name."""
-        return self.sql(node, "SELECT pg_walfile_name(pg_switch_wal())")
-
-    # -- the program
-    def apply(self, stack: dict[str, Any] | None = None, secrets: dict[str, str] | None = None) -> dict[str, Any]:
-        """The driver's `pulumi up` with Pulumi.lab.yaml, or with `stack` (the config mapping) instead."""
-        stack_file = ROOT / "Pulumi.lab.yaml"
-        if stack is not None:
-            # Same stack name ("lab"), other configuration: as `pulumi config set` then `pulumi up -s lab`.
-            (LAB_DIR / "changed").mkdir(exist_ok=True)
-            stack_file = LAB_DIR / "changed" / "Pulumi.lab.yaml"
-            stack_file.write_text(yaml.safe_dump({"config": stack}))
-        return driver.apply(LAB_DIR, self.env, stack_file, extra_secrets=secrets)
-
-    def stack(self) -> dict[str, Any]:
-        config: dict[str, Any] = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]
-        return config
-
-    def driver_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads((LAB_DIR / "driver-state.json").read_text())
-        return state
-
-    # -- faults
-    def kill_node(self, node: str) -> None:
-        """Power loss: every process of the node dies at once (its cgroup is killed)."""
-        killed = False
-        for base in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
-            kill = Path(base) / "pgbackup-lab" / node / "cgroup.kill"
-            if kill.exists():
-                kill.write_text("1")
-                killed = True
-                break
-        assert killed, f"no cgroup.kill for {node}"
-        pidfile = LAB_DIR / "run" / f"{node}.pid"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sh("kill", "-0", pidfile.read_text().strip(), check=False).returncode == 0:
-            time.sleep(0.5)
-
-    def restart_lab(self) -> None:
-        """lab/up.sh boots what is not running (nodes, S3, etcd) and leaves the rest alone."""
-        sh(str(ROOT / "lab" / "up.sh"), timeout=900)
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     assert os.geteuid() == 0, "the lab needs root"
-    if not os.environ.get("LAB_REUSE"):  # LAB_REUSE=1: a developer's shortcut onto a running lab
-        sh(str(ROOT / "lab" / "down.sh"), timeout=300)
-    sh(str(ROOT / "lab" / "up.sh"), timeout=1800)
-    env: dict[str, str] = json.loads((LAB_DIR / "env.json").read_text())
-    started = time.monotonic()
-    first = driver.apply(LAB_DIR, env, ROOT / "Pulumi.lab.yaml")
-    lab = Lab(env=env, first_apply=first, first_apply_seconds=time.monotonic() - started)
+    # LAB_REUSE=1: a developer's shortcut onto a running lab; LAB_KEEP=1: leave it running afterwards.
+    lab = start_lab(fresh=not os.environ.get("LAB_REUSE"))
     try:
         yield lab
     finally:
         if not os.environ.get("LAB_KEEP"):
-            sh(str(ROOT / "lab" / "down.sh"), timeout=300, check=False)
+            stop_lab()

@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from lab import driver
-from tests.lab.conftest import LAB_DIR, PG_BIN, STANZA, Lab, sh
+from lab.control import LAB_DIR, PG_BIN, STANZA, Lab, sh
 
 pytestmark = pytest.mark.lab
 
