@@ -19,9 +19,10 @@ from typing import Any
 import pulumi
 from pulumi.runtime import settings as pulumi_settings
 
+from lab.driver import SECRET_SIG, unwrap  # the engine's secret envelope, read the same way by both
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "__main__.py"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 # Sentinels: if one of these strings shows up in a command string or an environment entry, a secret leaked.
 SENTINELS = {
@@ -32,17 +33,6 @@ SENTINELS = {
     "providerSecret": "SENTINEL-PROVIDER-SECRET-e4d1",
     "tlsKey": "-----BEGIN PRIVATE KEY-----\nSENTINEL-TLS-KEY-3b8c\n-----END PRIVATE KEY-----",
 }
-
-
-def unwrap(value: Any) -> Any:
-    """Strip the engine's secret envelopes (a dict with SECRET_SIG and 'value')."""
-    if isinstance(value, dict):
-        if value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270" or (SECRET_SIG in value and "value" in value):
-            return unwrap(value["value"])
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 def is_wrapped_secret(value: Any) -> bool:
