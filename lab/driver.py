@@ -19,7 +19,6 @@ Usage: python -m lab.driver up | destroy | outputs   (after lab/up.sh; reads $LA
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import datetime
@@ -28,7 +27,6 @@ import io
 import ipaddress
 import json
 import os
-import runpy
 import secrets
 import sys
 import threading
@@ -45,7 +43,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pulumi.runtime import settings as pulumi_settings
+
+from lab.mockrun import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 -- the engine's secret marker, not a secret
@@ -403,28 +402,9 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
     values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
     for key, value in (extra_secrets or {}).items():
         values[f"pgbackup:{key}"] = value
-    pulumi_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1], preview=False)
-    pulumi.runtime.set_all_config(
-        values, secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})])
-    outputs: dict[str, Any] = {}
-    secret: set[str] = set()
-
-    @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def program() -> Any:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        exported = dict(getattr(pulumi_settings.get_root_resource(), "outputs", {}))
-
-        async def collect() -> None:
-            for key, value in exported.items():
-                out = pulumi.Output.from_input(value)
-                outputs[key] = await out.future()
-                if await out.is_secret():
-                    secret.add(key)
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
-
-    program()
+    outputs, secret = evaluate(
+        ROOT / "__main__.py", engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1], config=values,
+        secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})])
     shown = {k: v if show_secrets else mask(v, k in secret) for k, v in outputs.items()}
     (lab_dir / "outputs.json").write_text(json.dumps({k: mask(v, k in secret) for k, v in outputs.items()},
                                                      indent=2, sort_keys=True))

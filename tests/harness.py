@@ -7,9 +7,7 @@ stdout from `command_stdout`, by default what a healthy cluster's steps print.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import runpy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import settings as pulumi_settings
 
 from lab.driver import SECRET_SIG, unwrap  # the engine's secret envelope, read the same way by both
+from lab.mockrun import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "__main__.py"
@@ -173,32 +171,15 @@ def run_program(
     nodes = (config.get("cluster") or {}).get("nodes") or [{}]
     LEADER["name"] = nodes[0].get("name", "") if isinstance(nodes[0], dict) else ""
     run = Run() if run is None else run
-    pulumi_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(ProgramMocks(run, command_stdout, preview), project="pgbackup", stack=stack, preview=preview)
     values = {f"pgbackup:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values.update({f"pgbackup:{k}": v for k, v in secrets.items()})
-    pulumi.runtime.set_all_config(values, secret_keys=[f"pgbackup:{k}" for k in secrets])
 
     def record(args: pulumi.ResourceTransformationArgs) -> None:
         run.options[args.name] = args.opts
 
-    @pulumi.runtime.test
-    def body() -> Any:
-        pulumi.runtime.register_stack_transformation(record)
-        runpy.run_path(str(MAIN), run_name="__main__")
-        root = pulumi_settings.get_root_resource()
-        outputs: dict[str, Any] = dict(getattr(root, "outputs", {}))
-
-        async def collect() -> None:
-            for key, value in outputs.items():
-                out = pulumi.Output.from_input(value)
-                run.outputs[key] = await out.future(with_unknowns=True)
-                if await out.is_secret():
-                    run.secret_outputs.add(key)
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
-
-    body()
+    run.outputs, run.secret_outputs = evaluate(
+        MAIN, ProgramMocks(run, command_stdout, preview), project="pgbackup", stack=stack, config=values,
+        secret_keys=[f"pgbackup:{k}" for k in secrets], preview=preview, transformation=record)
     return run
 
 

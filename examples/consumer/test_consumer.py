@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import runpy
 from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import settings as pulumi_settings
 
+from lab.mockrun import evaluate
 from tests.harness import SENTINELS, run_program, stack_config
 
 CONSUMER = Path(__file__).resolve().parent / "__main__.py"
@@ -29,29 +27,9 @@ class StackReferenceMocks(pulumi.runtime.Mocks):
 
 
 def run_consumer(outputs: dict[str, Any], now: str) -> tuple[dict[str, Any], set[str]]:
-    pulumi_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(StackReferenceMocks(outputs), project="pgbackup-consumer", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"pgbackup-consumer:backupStack": "org/pgbackup/prod",
-                                   "pgbackup-consumer:now": now})
-    values: dict[str, Any] = {}
-    secret: set[str] = set()
-
-    @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def body() -> Any:
-        runpy.run_path(str(CONSUMER), run_name="__main__")
-        exported = dict(getattr(pulumi_settings.get_root_resource(), "outputs", {}))
-
-        async def collect() -> None:
-            for key, value in exported.items():
-                out = pulumi.Output.from_input(value)
-                values[key] = await out.future()
-                if await out.is_secret():
-                    secret.add(key)
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
-
-    body()
-    return values, secret
+    return evaluate(CONSUMER, StackReferenceMocks(outputs), project="pgbackup-consumer", stack="test",
+                    config={"pgbackup-consumer:backupStack": "org/pgbackup/prod", "pgbackup-consumer:now": now},
+                    secret_keys=[])
 
 
 def pgbackup_outputs() -> dict[str, Any]:

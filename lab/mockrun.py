@@ -1,0 +1,54 @@
+"""Evaluate a Pulumi program file under Pulumi's mocks and collect its stack outputs.
+
+Shared by the lab driver (whose mocks really make each resource) and the tests (whose mocks record them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import runpy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import settings as pulumi_settings
+
+
+def evaluate(
+    program: Path,
+    mocks: pulumi.runtime.Mocks,
+    *,
+    project: str,
+    stack: str,
+    config: dict[str, str],
+    secret_keys: list[str],
+    preview: bool = False,
+    transformation: Callable[[pulumi.ResourceTransformationArgs], Any] | None = None,
+) -> tuple[dict[str, Any], set[str]]:
+    """Run `program` as `pulumi up` (or preview) would; returns its outputs and the names of the secret ones.
+    Unknown values (a preview) come back as pulumi.output.UNKNOWN."""
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview)
+    pulumi.runtime.set_all_config(config, secret_keys=secret_keys)
+    outputs: dict[str, Any] = {}
+    secret: set[str] = set()
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def body() -> Any:
+        if transformation is not None:
+            pulumi.runtime.register_stack_transformation(transformation)
+        runpy.run_path(str(program), run_name="__main__")
+        exported = dict(getattr(pulumi_settings.get_root_resource(), "outputs", {}))
+
+        async def collect() -> None:
+            for key, value in exported.items():
+                out = pulumi.Output.from_input(value)
+                outputs[key] = await out.future(with_unknowns=True)
+                if await out.is_secret():
+                    secret.add(key)
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    body()
+    return outputs, secret
