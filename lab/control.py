@@ -6,17 +6,24 @@ Everything here talks to loopback addresses only: the nodes are 127.0.1.1-3, S3 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shlex
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import yaml
+from botocore.config import Config as BotoConfig
 
+from components.storage import repository_policy
 from lab import driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,3 +161,92 @@ def start_lab(fresh: bool = True) -> Lab:
 
 def stop_lab() -> None:
     sh(str(ROOT / "lab" / "down.sh"), timeout=300, check=False)
+
+
+class _TlsProxy:
+    """TLS in front of a plain-HTTP loopback port, with the lab's localhost certificate (as nginx does for
+    the lab's main S3), for a second S3 endpoint that a test starts and stops itself. asyncio streams in a
+    thread of their own: one TLS object is never read and written from two threads."""
+
+    def __init__(self, listen_port: int, target_port: int) -> None:
+        self.target_port = target_port
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(str(LAB_DIR / "ca" / "localhost.pem"), str(LAB_DIR / "ca" / "localhost.key"))
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(listen_port, ready), daemon=True)
+        self.thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the TLS proxy did not start")
+
+    def _run(self, listen_port: int, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", listen_port, ssl=self.context))
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                with contextlib.suppress(OSError, ssl.SSLError, RuntimeError):
+                    sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def close(self) -> None:
+        def stop() -> None:
+            self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(timeout=5)
+
+
+class AuthenticatedS3:
+    """A second lab S3 that checks signatures and IAM policies (moto with INITIAL_NO_AUTH_ACTION_COUNT):
+    a bucket and a user with pgbackup's repository policy are made before authentication starts; then only
+    that user's key, used within its policy, is accepted. https://localhost:<port> with the lab CA."""
+
+    def __init__(self, lab: Lab, bucket: str, prefix: str, port: int = 9444, moto_port: int = 9101) -> None:
+        self.endpoint = f"localhost:{port}"
+        moto = str(Path(driver.__file__).resolve().parent.parent / ".venv" / "bin" / "moto_server")
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+        self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while sh("curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{moto_port}/moto-api/", check=False
+                 ).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto with authentication did not start")
+            time.sleep(0.3)
+        # The health probe above is not an AWS action: the next four requests are the unauthenticated ones.
+        def client(service: str) -> Any:
+            return boto3.client(service, endpoint_url=f"http://127.0.0.1:{moto_port}", region_name="us-east-1",
+                                aws_access_key_id="labadmin", aws_secret_access_key=lab.env["AWS_SECRET_ACCESS_KEY"],
+                                config=BotoConfig(s3={"addressing_style": "path"}))
+        client("s3").create_bucket(Bucket=bucket)
+        iam = client("iam")
+        iam.create_user(UserName="pgbackrest")
+        iam.put_user_policy(UserName="pgbackrest", PolicyName="repository",
+                            PolicyDocument=json.dumps(repository_policy(bucket, prefix)))
+        key = iam.create_access_key(UserName="pgbackrest")["AccessKey"]
+        self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
+        self.proxy = _TlsProxy(port, moto_port)
+
+    def close(self) -> None:
+        self.proxy.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -363,8 +363,11 @@ class LabEngine(pulumi.runtime.Mocks):
                              f"{error}") from None
         self.record_run(name, action, command, status, time.monotonic() - started)
         if status != 0:
-            tail = "\n".join((out + err).strip().splitlines()[-15:])
-            raise StepFailed(f"{name}: Process exited with status {status}\n{tail}")
+            # pulumi-command shows the whole output; keep its error lines and its end.
+            lines = (out + "\n" + err).strip().splitlines()
+            errors = [line for line in lines if line.startswith(("ERROR", "WARN", "pgbackup:"))]
+            shown = list(dict.fromkeys(errors[:6] + lines[-10:]))
+            raise StepFailed(f"{name}: Process exited with status {status}\n" + "\n".join(shown))
         # pulumi-command returns the output without its trailing newline.
         return out.rstrip("\n"), err.rstrip("\n")
 

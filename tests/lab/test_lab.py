@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from lab import driver
-from lab.control import LAB_DIR, PG_BIN, STANZA, Lab, sh
+from lab.control import LAB_DIR, PG_BIN, STANZA, AuthenticatedS3, Lab, sh
 
 pytestmark = pytest.mark.lab
 
@@ -301,3 +301,31 @@ def test_secrets_absent_from_commands_processes_units_and_journal(lab: Lab) -> N
         seen += lab.ssh(node, "cat /var/log/pgbackrest/*.log").stdout
     for value in values:
         assert value not in seen
+
+
+def test_a_scoped_key_is_enough_and_a_wrong_secret_fails_clearly(lab: Lab) -> None:
+    """Against a second S3 that checks signatures and IAM policies: pgbackup's repository policy lets
+    pgBackRest do everything it does (stanza, archiving, backups); a wrong secret fails the apply with the
+    node and step named and no secret shown. Last in the file: WAL archived here is not in the main repo."""
+    s3 = AuthenticatedS3(lab, bucket="pgbackup-auth", prefix="lab")
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:storage"].update(endpoint=s3.endpoint, bucket="pgbackup-auth", create=False)
+    try:
+        result = lab.apply(stack, secrets={"accessKeyId": s3.access_key_id, "secretAccessKey": s3.secret_access_key})
+        assert result["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        assert result["outputs"]["lastBackup"]["type"] == "full"
+        leader = lab.leader()
+        lab.ssh(leader, "systemctl start pgbackup-backup-incr.service")
+        assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
+        wrong = "wrong-secret-for-the-scoped-key-42c9"
+        with pytest.raises(driver.StepFailed) as failure:
+            lab.apply(stack, secrets={"accessKeyId": s3.access_key_id, "secretAccessKey": wrong})
+        message = str(failure.value)
+        assert re.search(r"cluster-pgnode\d-stanza", message), message
+        assert re.search(r"step stanza on node pgnode\d|step stanza failed on node pgnode\d", message), message
+        assert "403" in message or "SignatureDoesNotMatch" in message, message
+        for value in [wrong, s3.secret_access_key, *secrets_of(lab)]:
+            assert value not in message
+    finally:
+        s3.close()
+    assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
