@@ -32,6 +32,9 @@ def test_deploy_from_nothing(lab: Lab) -> None:
     roles = {n["name"]: n["role"] for n in outputs["nodes"]}
     assert sorted(roles.values()) == ["leader", "replica", "replica"]
     assert roles[lab.leader()] == "leader"
+    # archive_mode needed a restart of every member: a rolling restart through Patroni, no failover.
+    assert {m["TL"] for m in lab.members()} == {1}
+    assert all("Pending restart" not in m for m in lab.members())
     assert outputs["walArchive"]["min"] <= outputs["walArchive"]["max"]
     assert outputs["secretAccessKey"] == "[secret]"
     assert outputs["cipherPass"] == "[secret]"
