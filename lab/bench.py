@@ -47,7 +47,7 @@ def rpo(lab: Lab) -> tuple[float, str]:
     lab.sql(leader, "CREATE TABLE IF NOT EXISTS rpo (at timestamptz NOT NULL)")
     writer = ("(while true; do echo 'INSERT INTO rpo VALUES (clock_timestamp());'; sleep 0.05; done) | "
               "runuser -u postgres -- psql -XAtq -h /var/run/postgresql >/dev/null 2>&1")
-    lab.ssh(leader, f"cd /tmp && nohup bash -c {writer!r} >/dev/null 2>&1 &")
+    lab.ssh(leader, f"cd /tmp && nohup bash -c {writer!r} </dev/null >/dev/null 2>&1 &")
     time.sleep(75)  # past at least one archive_timeout (60 s) under load
     cut = float(lab.ssh(leader, "date +%s.%N").stdout)
     lab.kill_node(leader)
