@@ -15,6 +15,7 @@ Usage: .venv/bin/python -m lab.bench [--scale 70]
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 
 from lab.control import PG_BIN, Lab, start_lab, stop_lab
@@ -47,7 +48,8 @@ def rpo(lab: Lab) -> tuple[float, str]:
     lab.sql(leader, "CREATE TABLE IF NOT EXISTS rpo (at timestamptz NOT NULL)")
     writer = ("(while true; do echo 'INSERT INTO rpo VALUES (clock_timestamp());'; sleep 0.05; done) | "
               "runuser -u postgres -- psql -XAtq -h /var/run/postgresql >/dev/null 2>&1")
-    lab.ssh(leader, f"cd /tmp && nohup bash -c {writer!r} </dev/null >/dev/null 2>&1 &")
+    # A transient unit on the node's own systemd: detached from the SSH session, gone with the node.
+    lab.ssh(leader, f"systemd-run --quiet --unit=pgbackup-bench-writer --collect bash -c {shlex.quote(writer)}")
     time.sleep(75)  # past at least one archive_timeout (60 s) under load
     cut = float(lab.ssh(leader, "date +%s.%N").stdout)
     lab.kill_node(leader)
