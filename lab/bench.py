@@ -75,9 +75,14 @@ def restore_throughput(lab: Lab, scale: int) -> tuple[float, float, float, float
     lab.ssh(leader, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pgbench -i -q -s {scale} -h /var/run/postgresql "
                     "postgres", timeout=1800)
     size_mb = int(lab.sql(leader, "SELECT sum(pg_database_size(oid)) FROM pg_database")) / 1e6
+    before = len(lab.info().get("backup", []))
     started = time.monotonic()
     lab.ssh(leader, "systemctl start pgbackup-backup-full.service", timeout=3600)
     backup_s = time.monotonic() - started
+    result = lab.ssh(leader, "systemctl show -p Result --value pgbackup-backup-full.service").stdout.strip()
+    newest = lab.info().get("backup", [])
+    if result != "success" or len(newest) != before + 1 or newest[-1]["type"] != "full":
+        raise RuntimeError(f"the full backup did not run on {leader}: Result={result}")
     replica = lab.replicas()[0]
     started = time.monotonic()
     lab.ssh(replica, f"rm -rf {SCRATCH} && install -d -o postgres -m 0700 {SCRATCH}")
