@@ -45,13 +45,19 @@ class Sim:
         return found
 
 
-@pytest.fixture
-def sim(monkeypatch: pytest.MonkeyPatch) -> Sim:
-    """One simulated account; every provider call gets a new API on it through the patched factory."""
+def _simulated_account() -> tuple[Any, Any, str, str]:
+    """b2sdk's RawSimulator with one account, and an API authorized on it with the master key."""
     admin = B2Api(InMemoryAccountInfo(), api_config=SIM_CONFIG)
     raw = admin.session.raw_api
     key_id, master = raw.create_account()
     admin.authorize_account("production", key_id, master)
+    return admin, raw, key_id, master
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Sim:
+    """One simulated account; every provider call gets a new API on it through the patched factory."""
+    admin, raw, key_id, master = _simulated_account()
     monkeypatch.setattr(b2, "_make_api", lambda: _api_on(raw, key_id, master))
     return Sim(raw, key_id, master, admin)
 
@@ -353,10 +359,7 @@ def test_missing_credentials_fail_clearly_at_call_time(monkeypatch: pytest.Monke
 @pytest.fixture
 def env_sim(monkeypatch: pytest.MonkeyPatch) -> Sim:
     """The real `_make_api` (credentials from the environment) with B2Api bound to a shared simulator."""
-    admin = B2Api(InMemoryAccountInfo(), api_config=SIM_CONFIG)
-    raw = admin.session.raw_api
-    key_id, master = raw.create_account()
-    admin.authorize_account("production", key_id, master)
+    admin, raw, key_id, master = _simulated_account()
 
     class SimulatedB2Api(B2Api):
         def __init__(self, account_info: InMemoryAccountInfo) -> None:
