@@ -143,6 +143,10 @@ class Lab:
         while time.monotonic() < deadline and sh("kill", "-0", pid, check=False).returncode == 0:
             time.sleep(0.5)
 
+    def boot_nodes(self) -> None:
+        """lab/up.sh without waiting for the replicas to stream (a node may need a reinit to rejoin)."""
+        sh(str(ROOT / "lab" / "up.sh"), timeout=900, env={**os.environ, "LAB_WAIT_REPLICAS": "0"})
+
     def restart_lab(self) -> None:
         """lab/up.sh boots what is not running (nodes, S3, etcd) and leaves the rest alone."""
         sh(str(ROOT / "lab" / "up.sh"), timeout=900)
