@@ -208,7 +208,7 @@ def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
 class LabEngine(pulumi.runtime.Mocks):
     """Pulumi's mocks, with every resource made for real."""
 
-    def __init__(self, lab_dir: Path, env: dict[str, str], destroy: bool = False) -> None:
+    def __init__(self, lab_dir: Path, env: dict[str, str]) -> None:
         self.lab_dir = lab_dir
         self.env = env
         self.state_path = lab_dir / "driver-state.json"
@@ -217,7 +217,6 @@ class LabEngine(pulumi.runtime.Mocks):
         self.providers: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.ran: list[str] = []
-        self.destroy = destroy
 
     # -- bookkeeping
     def save(self) -> None:
@@ -433,7 +432,7 @@ def main() -> None:
         print((lab_dir / "outputs.json").read_text())
         return
     if options.action == "destroy":
-        LabEngine(lab_dir, env, destroy=True).destroy_all()
+        LabEngine(lab_dir, env).destroy_all()
         print("destroyed: backup timers disabled on every node; bucket, repository and data kept")
         return
     started = time.monotonic()
