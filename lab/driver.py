@@ -55,6 +55,11 @@ class StepFailed(RuntimeError):
     """A remote command exited non-zero (message as pulumi-command words it, with the output's tail)."""
 
 
+class NotStarted(RuntimeError):
+    """A step that was due after another step had failed: like Pulumi's engine, the driver starts nothing
+    new once a step has failed, and reports the first failure."""
+
+
 def unwrap(value: Any) -> Any:
     if isinstance(value, dict):
         if SECRET_SIG in value and "value" in value:
@@ -217,6 +222,15 @@ class LabEngine(pulumi.runtime.Mocks):
         self.providers: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.ran: list[str] = []
+        # Pulumi's engine on a failed step: start nothing new, let the steps already running finish.
+        self.first_failure: StepFailed | None = None
+        self.running = 0
+        self.idle = threading.Condition(self.lock)
+
+    def wait_idle(self, timeout: float = COMMAND_TIMEOUT) -> None:
+        """Until no command runs on any node (the steps in flight when another failed have finished)."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.running == 0, timeout=timeout)
 
     # -- bookkeeping
     def save(self) -> None:
@@ -353,6 +367,23 @@ class LabEngine(pulumi.runtime.Mocks):
 
     def execute(self, name: str, action: str, command: str, stdin: str | None, connection: dict[str, Any]
                 ) -> tuple[str, str]:
+        with self.lock:
+            if self.first_failure is not None:
+                raise NotStarted(f"{name}: not started, {self.first_failure}")
+            self.running += 1
+        try:
+            return self._execute(name, action, command, stdin, connection)
+        except StepFailed as error:
+            with self.lock:
+                self.first_failure = self.first_failure or error
+            raise
+        finally:
+            with self.idle:
+                self.running -= 1
+                self.idle.notify_all()
+
+    def _execute(self, name: str, action: str, command: str, stdin: str | None, connection: dict[str, Any]
+                 ) -> tuple[str, str]:
         started = time.monotonic()
         try:
             status, out, err = run_ssh(connection, command, stdin, self.env.get("LAB_SSH_KNOWN_HOSTS"))
@@ -404,9 +435,17 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
     values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
     for key, value in (extra_secrets or {}).items():
         values[f"pgbackup:{key}"] = value
-    outputs, secret = evaluate(
-        ROOT / "__main__.py", engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1], config=values,
-        secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})])
+    try:
+        outputs, secret = evaluate(
+            ROOT / "__main__.py", engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1],
+            config=values, secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})],
+            expected_failures=(StepFailed, NotStarted))
+    except Exception:
+        # As `pulumi up` ends: the steps already running finish; the first failure is what is reported.
+        engine.wait_idle()
+        if engine.first_failure is not None:
+            raise engine.first_failure from None
+        raise
     shown = {k: v if show_secrets else mask(v, k in secret) for k, v in outputs.items()}
     (lab_dir / "outputs.json").write_text(json.dumps({k: mask(v, k in secret) for k, v in outputs.items()},
                                                      indent=2, sort_keys=True))
