@@ -158,7 +158,8 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
     try:
         lab.wait_healthy(timeout=180)
     except AssertionError:
-        print(f"\n{victim} did not rejoin by itself: reinit")
+        journal = lab.ssh(victim, "journalctl -u patroni -u postgresql@15-main --no-pager -o cat -n 40", check=False)
+        print(f"\n{victim} did not rejoin by itself: reinit. Its journal ends:\n{journal.stdout}")
         sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", "lab", victim, "--force")
         lab.wait_healthy(timeout=300)
     assert lab.leader() == new
