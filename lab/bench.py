@@ -8,6 +8,8 @@
    RPO = the time of the cut minus the newest row the archive holds.
 3. Restore throughput: a pgbench database of at least 1 GB, a full backup, then a restore of it into a
    scratch directory on a replica: MB/s of database restored (and of the backup, for comparison).
+4. RTO of the README's point-in-time recovery of the whole cluster (lab.control.Lab.recover_cluster_to) on
+   that database: from stopping Patroni to three healthy members on the new timeline, step by step.
 
 Usage: .venv/bin/python -m lab.bench [--scale 70]
 """
@@ -18,7 +20,7 @@ import argparse
 import shlex
 import time
 
-from lab.control import PG_BIN, Lab, start_lab, stop_lab
+from lab.control import PG_BIN, PG_DATA, Lab, start_lab, stop_lab
 
 SCRATCH, SOCK = "/var/tmp/bench-restore", "/var/tmp/bench-sock"  # noqa: S108 -- inside a lab node
 
@@ -92,6 +94,24 @@ def restore_throughput(lab: Lab, scale: int) -> tuple[float, float, float, float
     return size_mb, backup_s, restore_s, size_mb / restore_s
 
 
+def cluster_pitr(lab: Lab) -> dict[str, float]:
+    """The README's cluster recovery to a point just before a row that must then be gone everywhere."""
+    leader = lab.leader()
+    lab.sql(leader, "CREATE TABLE bench_pitr (n int)")
+    lab.wait_archived(lab.switch_wal(leader))
+    time.sleep(1.5)
+    target = lab.sql(leader, "SELECT now()")
+    time.sleep(1.5)
+    lab.sql(leader, "INSERT INTO bench_pitr VALUES (1)")
+    lab.wait_archived(lab.switch_wal(leader))
+    took = lab.recover_cluster_to(target)
+    for node in lab.nodes:
+        if lab.sql(node, "SELECT count(*) FROM bench_pitr") != "0":
+            raise RuntimeError(f"{node} still has the row written after the target")
+        lab.ssh(node, f"rm -rf {PG_DATA}.before-pitr")
+    return took
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is about 1.05 GB)")
@@ -113,7 +133,11 @@ def main() -> None:
         print(f"{'database size (pgbench scale ' + str(options.scale) + ')':<64} {size_mb:.0f} MB")
         print(f"{'full backup (from a standby, zst level 3, process-max 2)':<64} {backup_s:.1f} s "
               f"({size_mb / backup_s:.1f} MB/s)")
-        print(f"{'restore into a scratch directory':<64} {restore_s:.1f} s ({rate:.1f} MB/s)")
+        print(f"{'restore into a scratch directory':<64} {restore_s:.1f} s ({rate:.1f} MB/s)", flush=True)
+        took = cluster_pitr(lab)
+        print(f"{'RTO: point-in-time recovery of the whole cluster (README)':<64} {sum(took.values()):.1f} s")
+        for name, seconds in took.items():
+            print(f"{'  step ' + name:<64} {seconds:.1f} s")
     finally:
         if not options.keep:
             stop_lab()

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108 -- the lab's own state
 STANZA = "lab"
 PG_BIN = "/usr/lib/postgresql/15/bin"
+PG_DATA = "/var/lib/postgresql/15/main"
 
 
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -57,8 +58,10 @@ class Lab:
                    f"-c {shlex.quote(query)}")
         return self.ssh(node, command).stdout.strip()
 
-    def pgbackrest(self, node: str, args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.ssh(node, f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={STANZA} {args}", check=check)
+    def pgbackrest(self, node: str, args: str, check: bool = True, timeout: float = 600
+                   ) -> subprocess.CompletedProcess[str]:
+        return self.ssh(node, f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={STANZA} {args}", check=check,
+                        timeout=timeout)
 
     def info(self, node: str | None = None) -> dict[str, Any]:
         stanzas: list[dict[str, Any]] = json.loads(self.pgbackrest(node or self.leader(), "--output=json info").stdout)
@@ -125,6 +128,56 @@ class Lab:
     def driver_state(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads((LAB_DIR / "driver-state.json").read_text())
         return state
+
+    # -- recovery
+    def recover_cluster_to(self, target: str) -> dict[str, float]:
+        """The README's "Point-in-time recovery of the cluster", step by step (runuser for sudo -u), on the
+        current leader. Returns the seconds each step took; the cluster is healthy again at the end, with
+        the replicas' old data directories still aside (step 7 is the caller's)."""
+        leader, replicas = self.leader(), self.replicas()
+        pg_ctl = f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {PG_DATA}"
+        took: dict[str, float] = {}
+        started = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal started
+            took[name] = time.monotonic() - started
+            started = time.monotonic()
+
+        # 1. Patroni stopped on the replicas, then on the leader (no failover on the way down).
+        for node in [*replicas, leader]:
+            self.ssh(node, "systemctl stop patroni")
+        step("1 stop Patroni")
+        # 2. The cluster's state in the DCS forgotten (patronictl asks for the scope, then for the phrase).
+        self.ssh(leader, "printf '%s\\n' lab 'Yes I am aware' | patronictl -c /etc/patroni/patroni.yml remove lab")
+        step("2 patronictl remove")
+        # 3. Restore to the target; replay to it and promote by hand, no client able to connect; stop.
+        self.pgbackrest(leader, f"--delta --type=time '--target={target}' --target-action=promote "
+                                "--log-level-console=warn restore", timeout=3600)
+        self.ssh(leader, f"{pg_ctl} -o \"-c listen_addresses=''\" -l /var/tmp/pitr-start.log -w -t 3600 start",
+                 timeout=3700)
+        deadline = time.monotonic() + 3600
+        while self.sql(leader, "SELECT pg_is_in_recovery()") != "f":
+            assert time.monotonic() < deadline, "the restored leader did not promote"
+            time.sleep(1)
+        self.ssh(leader, f"{pg_ctl} -m fast -w -t 600 stop")
+        step("3 restore, replay, promote")
+        # 4. Patroni takes the restored data as the cluster and leads it.
+        self.ssh(leader, "systemctl start patroni")
+        self.wait_healthy(timeout=300, count=1)
+        assert self.leader() == leader
+        step("4 Patroni takes over")
+        # 5. A full backup of the new timeline, from the leader (the standbys are down), before the replicas
+        #    are rebuilt from the repository.
+        self.pgbackrest(leader, "--type=full --no-backup-standby --log-level-console=error backup", timeout=3600)
+        step("5 full backup")
+        # 6. Each replica's old data kept aside; Patroni rebuilds it through the pgbackrest method.
+        for node in replicas:
+            self.ssh(node, f"mv {PG_DATA} {PG_DATA}.before-pitr && "
+                           f"install -d -o postgres -g postgres -m 0700 {PG_DATA} && systemctl start patroni")
+        self.wait_healthy(timeout=3600)
+        step("6 replicas rebuilt")
+        return took
 
     # -- faults
     def kill_node(self, node: str) -> None:

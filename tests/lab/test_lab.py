@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from lab import driver
-from lab.control import LAB_DIR, PG_BIN, STANZA, AuthenticatedS3, Lab, sh
+from lab.control import LAB_DIR, PG_BIN, PG_DATA, STANZA, AuthenticatedS3, Lab, sh
 
 pytestmark = pytest.mark.lab
 
@@ -298,11 +298,8 @@ def test_a_node_unreachable_at_apply_time(lab: Lab) -> None:
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
 
 
-PG_DATA = "/var/lib/postgresql/15/main"
-
-
 def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab) -> None:
-    """README, "Point-in-time recovery of the cluster", step by step (runuser for sudo -u)."""
+    """README, "Point-in-time recovery of the cluster": lab.recover_cluster_to runs its steps."""
     leader, replicas = lab.leader(), lab.replicas()
     timeline = max(int(m["TL"]) for m in lab.members())
     lab.sql(leader, "DROP TABLE IF EXISTS cluster_pitr")
@@ -313,34 +310,11 @@ def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab
     time.sleep(1.5)
     lab.sql(leader, "INSERT INTO cluster_pitr SELECT 'after' FROM generate_series(1, 50)")
     lab.wait_archived(lab.switch_wal(leader))
-    pg_ctl = f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {PG_DATA}"
-    # 1. Patroni stopped on the replicas, then on the leader (no failover on the way down).
-    for node in [*replicas, leader]:
-        lab.ssh(node, "systemctl stop patroni")
-    # 2. The cluster's state in the DCS forgotten (patronictl asks for the scope, then for the phrase).
-    lab.ssh(leader, "printf '%s\\n' lab 'Yes I am aware' | patronictl -c /etc/patroni/patroni.yml remove lab")
-    # 3. Restore to the target; replay to it and promote by hand, with no client able to connect; stop.
-    lab.pgbackrest(leader, f"--delta --type=time '--target={target}' --target-action=promote "
-                           "--log-level-console=warn restore")
-    lab.ssh(leader, f"{pg_ctl} -o \"-c listen_addresses=''\" -l /var/tmp/pitr-start.log -w -t 600 start")
-    deadline = time.monotonic() + 120
-    while lab.sql(leader, "SELECT pg_is_in_recovery()") != "f":
-        assert time.monotonic() < deadline, "the restored leader did not promote"
-        time.sleep(1)
-    lab.ssh(leader, f"{pg_ctl} -m fast -w stop")
-    # 4. Patroni takes the restored data as the cluster and leads it.
-    lab.ssh(leader, "systemctl start patroni")
-    lab.wait_healthy(timeout=120, count=1)
-    assert lab.leader() == leader
-    # 5. A full backup of the new timeline, from the leader (the standbys are down), before the replicas are
-    #    rebuilt from the repository.
-    lab.pgbackrest(leader, "--type=full --no-backup-standby --log-level-console=error backup")
-    # 6. Each replica's old data kept aside; Patroni rebuilds it through the pgbackrest method.
     since = lab.ssh(replicas[0], "date +%s").stdout.strip()
-    for node in replicas:
-        lab.ssh(node, f"mv {PG_DATA} {PG_DATA}.before-pitr && install -d -o postgres -g postgres -m 0700 {PG_DATA}"
-                      " && systemctl start patroni")
-    members = lab.wait_healthy(timeout=300)
+    took = lab.recover_cluster_to(target)
+    print("\n" + ", ".join(f"{name}: {seconds:.1f} s" for name, seconds in took.items()))
+    members = lab.wait_healthy()
+    assert lab.leader() == leader
     timelines = {int(m["TL"]) for m in members}
     assert len(timelines) == 1, members  # every member follows the new leader's timeline
     assert timelines.pop() > timeline, members
