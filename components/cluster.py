@@ -25,6 +25,7 @@ from components.node import (
     RepositorySecrets,
     dynamic_config,
     parse_verify,
+    retired_units,
     template_context,
     timers,
 )
@@ -128,12 +129,13 @@ class BackupCluster(pulumi.ComponentResource):
             for node in cluster.nodes
         ]
         verified = barrier(f"{name}-verified", after=verify_steps, parent=self)
-        units = [*timers(), METRICS_UNIT] + ([TLS_SERVER_UNIT] if pki is not None else [])
+        units = [*timers(settings), METRICS_UNIT] + ([TLS_SERVER_UNIT] if pki is not None else [])
         for node in cluster.nodes:
             ctx = template_context(settings, node, "schedule")
             step(
                 node.name, "schedule",
-                render("scripts/schedule.sh.j2", **ctx, timers=timers(), units_digest=nodes[node.name].units_digest),
+                render("scripts/schedule.sh.j2", **ctx, timers=timers(settings), retired=retired_units(settings),
+                       units_digest=nodes[node.name].units_digest),
                 depends_on=[verified, nodes[node.name].files],
                 delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
             )
@@ -178,19 +180,26 @@ def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
     return {"code": status["code"], "message": status["message"]}
 
 
+def _repo(entry: dict[str, Any]) -> int:
+    """The repository (1, or 2 for monthly archives) an `info` backup or archive entry belongs to."""
+    return int((entry.get("database") or {}).get("repo-key", 1))
+
+
 def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{label, type, stopTime} of the newest backup (stopTime in UTC, ISO 8601), or None."""
+    """{label, type, repo, stopTime} of the newest backup in any repository (stopTime in UTC, ISO 8601)."""
     backups = (info or {}).get("backup") or []
     if not backups:
         return None
     newest = max(backups, key=lambda b: b["timestamp"]["stop"])
     stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=UTC)
-    return {"label": newest["label"], "type": newest["type"], "stopTime": stop.isoformat().replace("+00:00", "Z")}
+    return {"label": newest["label"], "type": newest["type"], "repo": _repo(newest),
+            "stopTime": stop.isoformat().replace("+00:00", "Z")}
 
 
 def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{min, max} WAL segment of the current database's archive, or None."""
-    archives = (info or {}).get("archive") or []
+    """{min, max} WAL segment of the current database's archive in repo1 (where every backup's WAL is), or
+    None."""
+    archives = [a for a in (info or {}).get("archive") or [] if _repo(a) == 1]
     if not archives:
         return None
     current = archives[-1]

@@ -161,6 +161,12 @@ class StorageConfig(_Model):
         """The object-key prefix of the repository: repo path without the leading slash."""
         return self.repo_path.lstrip("/")
 
+    @property
+    def monthly_repo_path(self) -> str:
+        """repo2 (monthly archives), inside the repository's prefix so that the same scoped key reaches it.
+        pgBackRest keeps repo1 in <repoPath>/archive and <repoPath>/backup only: the two never overlap."""
+        return f"{self.repo_path}/monthly"
+
 
 class NodeConfig(_Model):
     """One Patroni member reached over SSH."""
@@ -244,10 +250,12 @@ class ScheduleConfig(_Model):
 
     full: str = Field(default="Sun *-*-* 02:00:00", description="Full backup calendar")
     incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="Incremental backup calendar")
+    monthly: str = Field(default="Sun *-*-01..07 04:00:00",
+                         description="Monthly archive calendar (repo2, with retention.monthly); first Sunday")
     randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="Timer RandomizedDelaySec")
     max_backup_age_hours: int = Field(default=26, ge=1, le=24 * 366, description="Alert past this backup age")
 
-    @field_validator("full", "incremental")
+    @field_validator("full", "incremental", "monthly")
     @classmethod
     def _calendar(cls, value: str) -> str:
         try:
@@ -262,6 +270,8 @@ class RetentionConfig(_Model):
 
     full: int = Field(default=4, ge=1, le=9999999, description="Full backups (or days, with fullType time)")
     full_type: Literal["count", "time"] = Field(default="count", description="count | time (days)")
+    monthly: int = Field(default=0, ge=0, le=1200,
+                         description="Monthly full backups kept in a second repository (repo2); 0: none")
 
 
 _COMPRESS_LEVELS = {"none": (0, 0), "gz": (0, 9), "bz2": (1, 9), "lz4": (-5, 12), "zst": (-7, 22)}

@@ -27,13 +27,29 @@ class Paths:
 
 PATHS = Paths()
 
-BACKUP_TYPES = {"full": "full", "incremental": "incr"}
+
+@dataclass(frozen=True)
+class Backup:
+    """One scheduled backup: its systemd unit, pgBackRest's --type and --repo, and its calendar's key in
+    pgbackup:schedule."""
+
+    kind: str
+    pg_type: str
+    repo: int
+
+    @property
+    def unit(self) -> str:
+        return f"pgbackup-backup-{self.kind}"
+
+
+FULL = Backup("full", "full", 1)
+INCREMENTAL = Backup("incr", "incr", 1)
+MONTHLY = Backup("monthly", "full", 2)
+# The schedule keys (pgbackup:schedule.<key>) of each backup.
+BACKUPS = {"full": FULL, "incremental": INCREMENTAL, "monthly": MONTHLY}
+
 TLS_SERVER_UNIT = "pgbackup-tls-server.service"
 METRICS_UNIT = "pgbackup-metrics.service"
 METRICS_TIMER = "pgbackup-metrics.timer"
 METRICS_CALENDAR = "*:0/5"
 
-
-def backup_unit(kind: str) -> str:
-    """`kind` is a key of BACKUP_TYPES: full or incremental."""
-    return f"pgbackup-backup-{BACKUP_TYPES[kind]}"

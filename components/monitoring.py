@@ -30,4 +30,7 @@ def alert_rules(settings: Settings) -> str:
         archive_timeout=settings.pgbackrest.archive_timeout,
         archive_max_age_seconds=max(300, 5 * settings.pgbackrest.archive_timeout),
         queue_max_bytes=size_bytes(queue_max) if queue_max else 0,
+        monthly=settings.retention.monthly > 0,
+        # First Sundays are four or five weeks apart; a day more for a slow or retried backup.
+        monthly_max_age_days=36,
     )

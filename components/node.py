@@ -12,13 +12,13 @@ from pulumi_command import remote
 
 from components.config import NodeConfig, Settings
 from components.layout import (
-    BACKUP_TYPES,
+    BACKUPS,
     METRICS_CALENDAR,
     METRICS_TIMER,
     METRICS_UNIT,
     PATHS,
     TLS_SERVER_UNIT,
-    backup_unit,
+    Backup,
 )
 from components.remote import NodeFile, manifest, remote_step
 from components.render import render, sha256
@@ -47,11 +47,31 @@ def primary_url(settings: Settings, node: NodeConfig) -> str:
     return f"http://{node.host}:{settings.cluster.patroni_api_port}/primary"
 
 
+def scheduled_backups(settings: Settings) -> dict[str, Backup]:
+    """The backups this configuration schedules, by their pgbackup:schedule key: full and incremental into
+    repo1, and with retention.monthly the monthly archive into repo2."""
+    return {key: b for key, b in BACKUPS.items() if b.repo == 1 or settings.retention.monthly > 0}
+
+
+def repositories(settings: Settings) -> list[dict[str, Any]]:
+    """pgBackRest's repositories: repo1 (weekly fulls, incrementals, continuous WAL) and, with
+    retention.monthly, repo2 (monthly fulls; continuous WAL only from its newest full on)."""
+    repos: list[dict[str, Any]] = [{"index": 1, "path": settings.storage.repo_path,
+                                    "retention_full": settings.retention.full,
+                                    "retention_full_type": settings.retention.full_type, "retention_archive": 0}]
+    if settings.retention.monthly:
+        repos.append({"index": 2, "path": settings.storage.monthly_repo_path,
+                      "retention_full": settings.retention.monthly, "retention_full_type": "count",
+                      "retention_archive": 1})
+    return repos
+
+
 def template_context(settings: Settings, node: NodeConfig, step: str = "") -> dict[str, Any]:
     """What every template of a node sees (no secrets)."""
     peers = [peer for peer in settings.cluster.nodes if peer.name != node.name]
     return {
         "step": step,
+        "repos": repositories(settings),
         "node": node,
         "peers": peers if settings.pgbackrest.backup_standby else [],
         "tls_clients": [n.name for n in settings.cluster.nodes],
@@ -82,13 +102,12 @@ def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
     the node's own REST API address."""
     ctx = template_context(settings, node)
     files = []
-    for kind, pg_type in BACKUP_TYPES.items():
-        unit = backup_unit(kind)
-        files.append(NodeFile(f"{PATHS.unit_dir}/{unit}.service", "0644", "root", "root",
-                              render("systemd/pgbackup-backup.service.j2", **ctx, type=pg_type)))
-        files.append(NodeFile(f"{PATHS.unit_dir}/{unit}.timer", "0644", "root", "root",
-                              render("systemd/pgbackup-backup.timer.j2", **ctx, type=pg_type,
-                                     service=f"{unit}.service", calendar=getattr(settings.schedule, kind),
+    for key, backup in scheduled_backups(settings).items():
+        files.append(NodeFile(f"{PATHS.unit_dir}/{backup.unit}.service", "0644", "root", "root",
+                              render("systemd/pgbackup-backup.service.j2", **ctx, backup=backup)))
+        files.append(NodeFile(f"{PATHS.unit_dir}/{backup.unit}.timer", "0644", "root", "root",
+                              render("systemd/pgbackup-backup.timer.j2", **ctx, backup=backup,
+                                     calendar=getattr(settings.schedule, key),
                                      randomized_delay_sec=settings.schedule.randomized_delay_sec)))
     files.append(NodeFile(f"{PATHS.unit_dir}/{METRICS_UNIT}", "0644", "root", "root",
                           render("systemd/pgbackup-metrics.service.j2", **ctx)))
@@ -103,8 +122,16 @@ def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
     return files
 
 
-def timers() -> list[str]:
-    return [f"{backup_unit(kind)}.timer" for kind in BACKUP_TYPES] + [METRICS_TIMER]
+def timers(settings: Settings) -> list[str]:
+    """The timers the schedule step enables."""
+    return [f"{b.unit}.timer" for b in scheduled_backups(settings).values()] + [METRICS_TIMER]
+
+
+def retired_units(settings: Settings) -> list[str]:
+    """Units of backups this configuration no longer schedules (the monthly archive once retention.monthly
+    is 0): the schedule step disables and removes them. Their backups stay in the repository."""
+    scheduled = scheduled_backups(settings).values()
+    return [f"{b.unit}.{suffix}" for b in BACKUPS.values() if b not in scheduled for suffix in ("timer", "service")]
 
 
 def render_config(settings: Settings, node: NodeConfig, secrets: RepositorySecrets) -> pulumi.Output[str]:

@@ -33,6 +33,11 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_DATA = "/var/lib/postgresql/15/main"
 
 
+def repo_of(entry: dict[str, Any]) -> int:
+    """The repository of a `pgbackrest info` backup or archive entry: 1, or 2 (monthly archives)."""
+    return int(entry["database"]["repo-key"])
+
+
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     if check and result.returncode != 0:
@@ -100,8 +105,12 @@ class Lab:
         """Until the repository's archive holds `segment` (a WAL file name)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            # Compare log and segment numbers; the timeline (first 8 digits) changes with a failover.
-            if any(a["max"] and a["max"][8:] >= segment[8:] for a in self.info()["archive"]):
+            # In every repository (archive-push writes to each). Compare log and segment numbers; the timeline
+            # (first 8 digits) changes with a failover.
+            archives = self.info()["archive"]
+            repos = {repo_of(a) for a in archives}
+            if all(any(a["max"] and a["max"][8:] >= segment[8:] for a in archives if repo_of(a) == repo)
+                   for repo in repos):
                 return
             time.sleep(2)
         raise AssertionError(f"{segment} not archived after {timeout} s: {self.info()['archive']}")

@@ -41,14 +41,16 @@ def verify_report(name: str, role: str, info: Any) -> str:
     return json.dumps({"node": name, "role": role, "info": info}, sort_keys=True)
 
 
-HEALTHY_INFO = [
+HEALTHY_INFO: list[dict[str, Any]] = [
     {
         "name": "stanza",
         "status": {"code": 0, "message": "ok"},
-        "archive": [{"id": "15-1", "min": "000000010000000000000003", "max": "000000010000000000000009"}],
+        "archive": [{"database": {"id": 1, "repo-key": 1}, "id": "15-1", "min": "000000010000000000000003",
+                     "max": "000000010000000000000009"}],
         "backup": [
-            {"label": "20261122-020000F", "type": "full", "timestamp": {"start": 1795312800, "stop": 1795313000}},
-            {"label": "20261122-020000F_20261123-020000I", "type": "incr",
+            {"label": "20261122-020000F", "type": "full", "database": {"id": 1, "repo-key": 1},
+             "timestamp": {"start": 1795312800, "stop": 1795313000}},
+            {"label": "20261122-020000F_20261123-020000I", "type": "incr", "database": {"id": 1, "repo-key": 1},
              "timestamp": {"start": 1795399200, "stop": 1795399300}},
         ],
     }

@@ -49,6 +49,8 @@ def test_defaults() -> None:
     assert schedule.incremental == "Mon..Sat *-*-* 02:00:00"
     assert retention.full == 4
     assert retention.full_type == "count"
+    assert retention.monthly == 0  # no second repository unless asked
+    assert schedule.monthly == "Sun *-*-01..07 04:00:00"
     assert (pgbackrest.process_max, pgbackrest.compress_type, pgbackrest.compress_level) == (4, "zst", 3)
     assert pgbackrest.archive_async
     assert pgbackrest.backup_standby
@@ -123,6 +125,11 @@ BAD_CASES = [
     ("two calendars in one", {"schedule": {"incremental": "daily Mon..Sat 02:00"}},
      "pgbackup:schedule.incremental: expected a systemd calendar expression"),
     ("retention zero", {"retention": {"full": 0}}, "pgbackup:retention.full: Input should be greater than or equal to 1"),
+    ("monthly negative", {"retention": {"monthly": -1}},
+     "pgbackup:retention.monthly: Input should be greater than or equal to 0"),
+    ("monthly as text", {"retention": {"monthly": "12"}}, "pgbackup:retention.monthly: Input should be a valid integer"),
+    ("monthly calendar", {"schedule": {"monthly": "first sunday"}},
+     "pgbackup:schedule.monthly: expected a systemd calendar expression"),
     ("retention archive type", {"retention": {"archiveType": "days"}}, "pgbackup:retention.archiveType: unknown key"),
     ("compress type", {"pgbackrest": {"compressType": "xz"}}, "pgbackup:pgbackrest.compressType: Input should be"),
     ("compress level", {"pgbackrest": {"compressType": "gz", "compressLevel": 12}},

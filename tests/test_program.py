@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from pulumi.output import UNKNOWN
 
 from components.storage import S3_OBJECT_ACTIONS
-from tests.harness import SENTINELS, Run, run_program, stack_config
+from tests.harness import HEALTHY_INFO, SENTINELS, Run, healthy_stdout, run_program, stack_config, verify_report
 
 PROVIDERS = {
     "b2": {"provider": "b2", "region": "us-west-004", "bucket": "proposalsapp-db-backups", "repoPath": "/repo"},
@@ -137,10 +138,26 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
         {"name": "pg3", "host": "pg3.example.net", "role": "replica"},
     ]
     assert outputs["stanzaStatus"] == {"code": 0, "message": "ok"}
-    assert outputs["lastBackup"] == {"label": "20261122-020000F_20261123-020000I", "type": "incr",
+    assert outputs["lastBackup"] == {"label": "20261122-020000F_20261123-020000I", "type": "incr", "repo": 1,
                                      "stopTime": "2026-11-23T02:01:40Z"}
     assert outputs["walArchive"] == {"min": "000000010000000000000003", "max": "000000010000000000000009"}
     assert run.secret_outputs == {"secretAccessKey", "cipherPass"}
+
+
+def test_outputs_with_monthly_archives_in_a_second_repository() -> None:
+    """`pgbackrest info` with two repositories (its JSON lists archives and backups of both): lastBackup is the
+    newest of either, with its repository; walArchive is repo1's."""
+    info = copy.deepcopy(HEALTHY_INFO)
+    info[0]["archive"].append({"database": {"id": 1, "repo-key": 2}, "id": "15-1",
+                               "min": "000000010000000000000008", "max": "00000001000000000000000A"})
+    info[0]["backup"].append({"label": "20261123-040000F", "type": "full", "database": {"id": 1, "repo-key": 2},
+                              "timestamp": {"start": 1795400000, "stop": 1795400100}})
+    run = run_program(stack_config(retention={"monthly": 12}), command_stdout=lambda args: (
+        verify_report("pg1", "leader", info) + "\n" if args.name == "cluster-pg1-verify" else
+        healthy_stdout(args)))
+    assert run.outputs["lastBackup"] == {"label": "20261123-040000F", "type": "full", "repo": 2,
+                                         "stopTime": "2026-11-23T02:15:00Z"}
+    assert run.outputs["walArchive"] == {"min": "000000010000000000000003", "max": "000000010000000000000009"}
 
 
 def test_outputs_when_no_leader_reports() -> None:

@@ -31,6 +31,7 @@ VARIANTS = {
         retention={"full": 30, "fullType": "time"},
         pgbackrest={"compressType": "lz4", "compressLevel": 1, "processMax": 2, "archiveAsync": False},
     ),
+    "s3-monthly-archives": stack_config(retention={"full": 4, "monthly": 12}),
 }
 
 
@@ -170,9 +171,9 @@ def timer_calendars(files: dict[str, dict[str, str]]) -> dict[str, list[str]]:
 
 
 def test_one_calendar_per_timer_each_accepted_by_systemd(variant: tuple[str, Run]) -> None:
-    _, run = variant
+    name, run = variant
     calendars = timer_calendars(node_files(run, node_names(run)[0]))
-    assert len(calendars) == 3
+    assert len(calendars) == (4 if (VARIANTS[name].get("retention") or {}).get("monthly") else 3)
     for path, found in calendars.items():
         assert len(found) == 1, f"{path}: {found}"
         result = subprocess.run(["systemd-analyze", "calendar", found[0]], capture_output=True, text=True,
@@ -195,21 +196,64 @@ def test_default_schedule_fires_when_the_design_says() -> None:
     assert {t for _, t in next_runs(full)} == {"02:00:00"}
     assert {day for day, _ in next_runs(incr)} == {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat"}
     assert {t for _, t in next_runs(incr)} == {"02:00:00"}
+    monthly = timer_calendars(node_files(run_program(VARIANTS["s3-monthly-archives"]), "pg1"))[
+        "/etc/systemd/system/pgbackup-backup-monthly.timer"][0]
+    result = subprocess.run(["systemd-analyze", "calendar", "--iterations=12", monthly], capture_output=True,
+                            text=True, check=True, env={"TZ": "UTC", "LANG": "C"})
+    runs = re.findall(r"(?:Next elapse|Iter\. #\d+): (\w{3}) \d{4}-(\d\d)-(\d\d) (\S+)", result.stdout)
+    assert len(runs) == 12
+    assert {day for day, _, _, _ in runs} == {"Sun"}
+    assert all(int(dom) <= 7 for _, _, dom, _ in runs)  # the first Sunday of each month
+    assert len({month for _, month, _, _ in runs}) == 12
 
 
 def test_backup_services_run_only_on_the_leader_and_never_together() -> None:
     run = run_program(stack_config())
     files = node_files(run, "pg2")
+    assert "/etc/systemd/system/pgbackup-backup-monthly.service" not in files  # no retention.monthly
     for kind in ("full", "incr"):
         unit = files[f"/etc/systemd/system/pgbackup-backup-{kind}.service"]["content"]
         assert "ExecCondition=/usr/bin/curl --silent --fail --max-time 10 --output /dev/null " \
                "http://pg2.example.net:8008/primary" in unit
         assert "ExecStartPre" not in unit
         assert re.search(rf"^ExecStart=/usr/bin/flock --wait \d+ /var/lib/pgbackrest/pgbackup-backup.lock "
-                         rf"/usr/bin/pgbackrest --stanza=main --type={kind} backup$", unit, re.M)
+                         rf"/usr/bin/pgbackrest --stanza=main --repo=1 --type={kind} backup$", unit, re.M)
         timer = files[f"/etc/systemd/system/pgbackup-backup-{kind}.timer"]["content"]
         assert "Persistent=true" in timer
         assert "RandomizedDelaySec=300" in timer
+
+
+def test_monthly_archives_go_to_a_second_repository() -> None:
+    run = run_program(VARIANTS["s3-monthly-archives"])
+    files = node_files(run, "pg1")
+    options = {k: v for _, k, v in option_lines(files["/etc/pgbackrest/pgbackrest.conf"]["content"])}
+    assert options["repo1-path"] == "/pgbackrest"
+    assert options["repo2-path"] == "/pgbackrest/monthly"  # under the scoped key's prefix
+    for key in ("type", "s3-bucket", "s3-endpoint", "s3-region", "s3-uri-style", "s3-key", "s3-key-secret",
+                "cipher-type", "cipher-pass"):
+        assert options[f"repo2-{key}"] == options[f"repo1-{key}"], key
+    assert options["repo2-retention-full"] == "12"
+    assert options["repo2-retention-full-type"] == "count"
+    # A year of monthly fulls, but continuous WAL only from the newest one on.
+    assert (options["repo2-retention-archive-type"], options["repo2-retention-archive"]) == ("full", "1")
+    assert "repo1-retention-archive" not in options
+    unit = files["/etc/systemd/system/pgbackup-backup-monthly.service"]["content"]
+    assert re.search(r"^ExecStart=/usr/bin/flock --wait \d+ /var/lib/pgbackrest/pgbackup-backup.lock "
+                     r"/usr/bin/pgbackrest --stanza=main --repo=2 --type=full backup$", unit, re.M)
+    timer = files["/etc/systemd/system/pgbackup-backup-monthly.timer"]["content"]
+    assert "OnCalendar=Sun *-*-01..07 04:00:00" in timer  # the first Sunday of the month
+    assert "Unit=pgbackup-backup-monthly.service" in timer
+    schedule = script_of(run.named("cluster-pg1-schedule"))
+    assert "systemctl enable --now --quiet pgbackup-backup-monthly.timer" in schedule
+    assert "rm -f" not in schedule  # nothing retired
+
+
+def test_monthly_archives_turned_off_remove_their_units() -> None:
+    schedule = script_of(run_program(stack_config()).named("cluster-pg1-schedule"))
+    assert "systemctl enable --now --quiet pgbackup-backup-monthly.timer" not in schedule
+    assert "systemctl disable --now --quiet pgbackup-backup-monthly.timer" in schedule
+    assert "rm -f /etc/systemd/system/pgbackup-backup-monthly.timer" in schedule
+    assert "rm -f /etc/systemd/system/pgbackup-backup-monthly.service" in schedule
 
 
 def shellcheck(script: str) -> str:
@@ -249,13 +293,15 @@ def test_patroni_dynamic_config_is_valid_yaml() -> None:
 
 
 def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
-    run = run_program(stack_config())
+    assert "PgBackRestMonthlyArchiveTooOld" not in run_program(stack_config()).outputs["alertRules"]
+    run = run_program(VARIANTS["s3-monthly-archives"])
     rules = tmp_path / "rules.yml"
     rules.write_text(run.outputs["alertRules"])
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    tests = tmp_path / "tests.yml"
-    tests.write_text((Path(__file__).parent / "data" / "alert-tests.yml").read_text())
-    result = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
-                            check=False, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("alert-tests.yml", "alert-tests-monthly.yml"):
+        tests = tmp_path / name
+        tests.write_text((Path(__file__).parent / "data" / name).read_text())
+        result = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
+                                check=False, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr

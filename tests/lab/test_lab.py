@@ -10,19 +10,20 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from lab import driver
-from lab.control import LAB_DIR, PG_BIN, PG_DATA, STANZA, AuthenticatedS3, Lab, sh
+from lab.control import LAB_DIR, PG_BIN, PG_DATA, STANZA, AuthenticatedS3, Lab, repo_of, sh
 
 pytestmark = pytest.mark.lab
 
 
-def backups(lab: Lab) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = lab.info().get("backup", [])
-    return found
+def backups(lab: Lab, repo: int = 1) -> list[dict[str, Any]]:
+    """The backups in repo1 (weekly full, incremental), or in repo2 (monthly archives)."""
+    return [b for b in lab.info().get("backup", []) if repo_of(b) == repo]
 
 
 def test_deploy_from_nothing(lab: Lab) -> None:
@@ -41,10 +42,17 @@ def test_deploy_from_nothing(lab: Lab) -> None:
     # The backup is in the lab's S3 under the repo path, and pgBackRest agrees.
     s3 = boto3.client("s3", endpoint_url=lab.env["LAB_S3_ENDPOINT"], verify=lab.env["LAB_CA_FILE"],
                       region_name="us-east-1", aws_access_key_id="labadmin", aws_secret_access_key="x")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="pgbackup-lab", Prefix="lab/").get("Contents", [])]
-    assert any(k.startswith(f"lab/backup/{STANZA}/{outputs['lastBackup']['label']}/") for k in keys)
-    assert any(k.startswith(f"lab/archive/{STANZA}/") for k in keys)
-    assert [b["label"] for b in backups(lab)] == [outputs["lastBackup"]["label"]]
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="pgbackup-lab", Prefix="lab/")
+            for o in page.get("Contents", [])]
+    # A first full backup in each repository: repo1, and repo2 for the monthly archives (lab/monthly), so
+    # that `pgbackrest info` reports ok rather than a status mixed across repositories.
+    repo1, repo2 = backups(lab), backups(lab, repo=2)
+    assert [b["type"] for b in repo1] == ["full"]
+    assert [b["type"] for b in repo2] == ["full"]
+    assert outputs["lastBackup"]["label"] in {repo1[0]["label"], repo2[0]["label"]}
+    for prefix in (f"lab/backup/{STANZA}/{repo1[0]['label']}/", f"lab/archive/{STANZA}/",
+                   f"lab/monthly/backup/{STANZA}/{repo2[0]['label']}/", f"lab/monthly/archive/{STANZA}/"):
+        assert any(k.startswith(prefix) for k in keys), prefix
     print(f"\nfirst apply: {lab.first_apply_seconds:.1f} s, {len(lab.first_apply['ran'])} operations")
 
 
@@ -53,20 +61,26 @@ def unit_result(lab: Lab, node: str, unit: str) -> str:
 
 
 def test_backup_services_run_on_the_leader_and_skip_on_replicas(lab: Lab) -> None:
-    leader, before = lab.leader(), len(backups(lab))
+    leader, before, monthly_before = lab.leader(), len(backups(lab)), len(backups(lab, repo=2))
+    services = ("pgbackup-backup-full.service", "pgbackup-backup-incr.service", "pgbackup-backup-monthly.service")
     for replica in lab.replicas():
-        lab.ssh(replica, "systemctl start pgbackup-backup-full.service pgbackup-backup-incr.service")
-        for unit in ("pgbackup-backup-full.service", "pgbackup-backup-incr.service"):
+        lab.ssh(replica, f"systemctl start {' '.join(services)}")
+        for unit in services:
             assert unit_result(lab, replica, unit) == "exec-condition"
-    assert len(backups(lab)) == before
+    assert (len(backups(lab)), len(backups(lab, repo=2))) == (before, monthly_before)
     lab.ssh(leader, "systemctl start pgbackup-backup-incr.service")
     assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
     lab.ssh(leader, "systemctl start pgbackup-backup-full.service")
     assert unit_result(lab, leader, "pgbackup-backup-full.service") == "success"
     assert [b["type"] for b in backups(lab)][before:] == ["incr", "full"]
+    lab.ssh(leader, "systemctl start pgbackup-backup-monthly.service")
+    assert unit_result(lab, leader, "pgbackup-backup-monthly.service") == "success"
+    assert [b["type"] for b in backups(lab, repo=2)][monthly_before:] == ["full"]
+    assert len(backups(lab)) == before + 2  # the monthly archive went to repo2 only
     for node in lab.nodes:
         timers = lab.ssh(node, "systemctl list-timers --all --no-pager --no-legend").stdout
-        for timer in ("pgbackup-backup-full.timer", "pgbackup-backup-incr.timer", "pgbackup-metrics.timer"):
+        for timer in ("pgbackup-backup-full.timer", "pgbackup-backup-incr.timer", "pgbackup-backup-monthly.timer",
+                      "pgbackup-metrics.timer"):
             assert timer in timers, f"{timer} on {node}"
 
 
@@ -76,8 +90,31 @@ def test_metrics_collector_writes_prometheus_text(lab: Lab) -> None:
     text = lab.ssh(leader, "cat /var/lib/prometheus/node-exporter/pgbackrest.prom").stdout
     assert f'pgbackrest_stanza_status{{stanza="{STANZA}"}} 0' in text
     assert f'pgbackrest_is_leader{{stanza="{STANZA}"}} 1' in text
-    assert re.search(rf'pgbackrest_last_backup_timestamp_seconds{{stanza="{STANZA}",type="full"}} \d+', text)
+    for repo in (1, 2):
+        assert re.search(rf'pgbackrest_last_backup_timestamp_seconds{{stanza="{STANZA}",type="full",repo="{repo}"}} '
+                         r'\d+', text)
     assert f'pgbackrest_archive_check_failed{{stanza="{STANZA}"}} 0' in text
+
+
+def restored_copy_says(lab: Lab, node: str, restore_options: str, query: str) -> str:
+    """The README's restore drill: restore into a scratch directory on `node` with archiving off, start the
+    copy on its own port and socket, wait for it to promote, run `query`, drop the copy."""
+    scratch, sock = "/var/tmp/pitr", "/var/tmp/pitr-sock"
+    lab.ssh(node, f"rm -rf {scratch} {sock} && install -d -o postgres -m 0700 {scratch} && install -d -o postgres {sock}")
+    lab.pgbackrest(node, f"--pg1-path={scratch} {restore_options} --target-action=promote "
+                         "--archive-mode=off --log-level-console=warn restore")
+    options = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories={sock} -c archive_mode=off"
+    lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -l /var/tmp/pitr.log "
+                  f"-o \"{options}\" -w -t 120 start")
+    try:
+        deadline = time.monotonic() + 60
+        while lab.sql(node, "SELECT pg_is_in_recovery()", port=5499, socket=sock) == "t":
+            assert time.monotonic() < deadline, "the restored copy did not promote"
+            time.sleep(1)
+        return lab.sql(node, query, port=5499, socket=sock)
+    finally:
+        lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -m fast stop; "
+                      f"rm -rf {scratch} {sock}", check=False)
 
 
 def test_point_in_time_recovery_into_a_scratch_directory(lab: Lab) -> None:
@@ -89,27 +126,26 @@ def test_point_in_time_recovery_into_a_scratch_directory(lab: Lab) -> None:
     time.sleep(1.5)
     lab.sql(leader, "INSERT INTO pitr (batch) SELECT 'after' FROM generate_series(1, 50)")
     lab.wait_archived(lab.switch_wal(leader))
-    node = lab.replicas()[0]
-    scratch, sock = "/var/tmp/pitr", "/var/tmp/pitr-sock"
-    lab.ssh(node, f"rm -rf {scratch} {sock} && install -d -o postgres -m 0700 {scratch} && install -d -o postgres {sock}")
-    lab.pgbackrest(node, f"--pg1-path={scratch} --type=time '--target={target}' --target-action=promote "
-                         "--archive-mode=off --log-level-console=warn restore")
-    options = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories={sock} -c archive_mode=off"
-    lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -l /var/tmp/pitr.log "
-                  f"-o \"{options}\" -w -t 120 start")
-    try:
-        deadline = time.monotonic() + 60
-        while lab.sql(node, "SELECT pg_is_in_recovery()", port=5499, socket=sock) == "t":
-            assert time.monotonic() < deadline, "the restored copy did not promote"
-            time.sleep(1)
-        counts = lab.sql(node, "SELECT batch || '=' || count(*) FROM pitr GROUP BY batch ORDER BY batch",
-                         port=5499, socket=sock)
-        assert counts.split() == ["before=100"]
-    finally:
-        lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -m fast stop; "
-                      f"rm -rf {scratch} {sock}", check=False)
+    counts = restored_copy_says(lab, lab.replicas()[0], f"--type=time '--target={target}'",
+                                "SELECT batch || '=' || count(*) FROM pitr GROUP BY batch ORDER BY batch")
+    assert counts.split() == ["before=100"]
     # The restored copy pushed nothing: the repository's archive still belongs to the cluster only.
     assert lab.info()["status"]["code"] == 0
+
+
+def test_a_monthly_archive_restores_from_the_second_repository(lab: Lab) -> None:
+    """README, "Restore a monthly archive": a backup set of repo2, restored to its end."""
+    leader = lab.leader()
+    lab.sql(leader, "CREATE TABLE IF NOT EXISTS monthly (batch text)")
+    lab.sql(leader, "INSERT INTO monthly SELECT 'in-the-archive' FROM generate_series(1, 10)")
+    lab.ssh(leader, "systemctl start pgbackup-backup-monthly.service")
+    assert unit_result(lab, leader, "pgbackup-backup-monthly.service") == "success"
+    label = backups(lab, repo=2)[-1]["label"]
+    lab.sql(leader, "INSERT INTO monthly SELECT 'later' FROM generate_series(1, 5)")
+    lab.wait_archived(lab.switch_wal(leader))
+    counts = restored_copy_says(lab, lab.replicas()[0], f"--repo=2 --set={label} --type=immediate",
+                                "SELECT batch || '=' || count(*) FROM monthly GROUP BY batch")
+    assert counts.split() == ["in-the-archive=10"]
 
 
 def assert_archiving_and_backup_on(lab: Lab, leader: str) -> None:
@@ -118,8 +154,9 @@ def assert_archiving_and_backup_on(lab: Lab, leader: str) -> None:
     lab.ssh(leader, "systemctl start pgbackup-backup-incr.service")
     assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
     assert len(backups(lab)) == before + 1
-    result = lab.pgbackrest(leader, "--log-level-console=warn verify", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for repo in (1, 2):
+        result = lab.pgbackrest(leader, f"--log-level-console=warn --repo={repo} verify", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_switchover_archiving_and_backups_follow_the_new_leader(lab: Lab) -> None:
@@ -210,13 +247,33 @@ def test_apply_again_changes_nothing(lab: Lab) -> None:
 
 def test_a_retention_change_reruns_only_what_depends_on_it(lab: Lab) -> None:
     stack = lab.stack()
-    stack["pgbackup:retention"] = {"full": 3}
+    stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "full": 3}
     result = lab.apply(stack)
     assert changed_steps(result["ran"]) == {"files", "stanza", "verify"}
     for node in lab.nodes:
         assert "repo1-retention-full=3" in lab.ssh(node, "cat /etc/pgbackrest/pgbackrest.conf").stdout
     assert result["outputs"]["stanzaStatus"]["code"] == 0
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
+
+
+def test_monthly_archives_turned_off_then_on_again(lab: Lab) -> None:
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "monthly": 0}
+    kept = [b["label"] for b in backups(lab, repo=2)]
+    result = lab.apply(stack)
+    assert changed_steps(result["ran"]) == {"files", "stanza", "verify", "schedule"}
+    for node in lab.nodes:
+        assert "repo2-" not in lab.ssh(node, "cat /etc/pgbackrest/pgbackrest.conf").stdout
+        assert lab.ssh(node, "ls /etc/systemd/system/pgbackup-backup-monthly.* 2>/dev/null || true").stdout == ""
+        assert "pgbackup-backup-monthly" not in lab.ssh(node, "systemctl list-timers --all --no-legend").stdout
+    assert result["outputs"]["stanzaStatus"]["code"] == 0
+    # Nothing stored is lost: repo2's backups are still there for `--repo=2` once it is configured again.
+    result = lab.apply()
+    assert changed_steps(result["ran"]) == {"files", "stanza", "verify", "schedule"}
+    assert [b["label"] for b in backups(lab, repo=2)][:len(kept)] == kept
+    for node in lab.nodes:
+        assert "pgbackup-backup-monthly.timer" in lab.ssh(node, "systemctl list-timers --all --no-legend").stdout
+    assert result["outputs"]["stanzaStatus"]["code"] == 0
 
 
 def secrets_of(lab: Lab) -> list[str]:
@@ -267,8 +324,9 @@ def test_s3_down_for_a_while_then_back_loses_no_wal(lab: Lab) -> None:
     finally:
         lab.boot_nodes()  # starts nginx again: S3 back (without up.sh's wait for streaming replicas)
     lab.wait_archived(segments[-1], timeout=240)
-    result = lab.pgbackrest(leader, "--log-level-console=warn verify", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for repo in (1, 2):
+        result = lab.pgbackrest(leader, f"--log-level-console=warn --repo={repo} verify", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
     lab.pgbackrest(leader, "--log-level-console=warn check")
 
 
@@ -365,8 +423,9 @@ def test_a_scoped_key_is_enough_and_a_wrong_secret_fails_clearly(lab: Lab) -> No
         assert result["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
         assert result["outputs"]["lastBackup"]["type"] == "full"
         leader = lab.leader()
-        lab.ssh(leader, "systemctl start pgbackup-backup-incr.service")
-        assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
+        for unit in ("pgbackup-backup-incr.service", "pgbackup-backup-monthly.service"):  # repo1, repo2
+            lab.ssh(leader, f"systemctl start {unit}")
+            assert unit_result(lab, leader, unit) == "success"
         wrong = "wrong-secret-for-the-scoped-key-42c9"
         with pytest.raises(driver.StepFailed) as failure:
             lab.apply(stack, secrets={"accessKeyId": s3.access_key_id, "secretAccessKey": wrong})
