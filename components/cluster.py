@@ -180,7 +180,7 @@ def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
     return {"code": status["code"], "message": status["message"]}
 
 
-def _repo(entry: dict[str, Any]) -> int:
+def repo_of(entry: dict[str, Any]) -> int:
     """The repository (1, or 2 for monthly archives) an `info` backup or archive entry belongs to."""
     return int((entry.get("database") or {}).get("repo-key", 1))
 
@@ -192,14 +192,14 @@ def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     newest = max(backups, key=lambda b: b["timestamp"]["stop"])
     stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=UTC)
-    return {"label": newest["label"], "type": newest["type"], "repo": _repo(newest),
+    return {"label": newest["label"], "type": newest["type"], "repo": repo_of(newest),
             "stopTime": stop.isoformat().replace("+00:00", "Z")}
 
 
 def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
     """{min, max} WAL segment of the current database's archive in repo1 (where every backup's WAL is), or
     None."""
-    archives = [a for a in (info or {}).get("archive") or [] if _repo(a) == 1]
+    archives = [a for a in (info or {}).get("archive") or [] if repo_of(a) == 1]
     if not archives:
         return None
     current = archives[-1]

@@ -22,27 +22,6 @@ import time
 
 from lab.control import PG_BIN, PG_DATA, Lab, start_lab, stop_lab
 
-SCRATCH, SOCK = "/var/tmp/bench-restore", "/var/tmp/bench-sock"  # noqa: S108 -- inside a lab node
-
-
-def restore_and_start(lab: Lab, node: str, options: str) -> None:
-    lab.ssh(node, f"rm -rf {SCRATCH} {SOCK} && install -d -o postgres -m 0700 {SCRATCH} && "
-                  f"install -d -o postgres {SOCK}")
-    lab.pgbackrest(node, f"--pg1-path={SCRATCH} --archive-mode=off --log-level-console=warn {options} restore")
-    settings = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories={SOCK} -c archive_mode=off"
-    lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH} -l /var/tmp/bench.log "
-                  f"-o \"{settings}\" -w -t 600 start")
-    deadline = time.monotonic() + 600
-    while lab.sql(node, "SELECT pg_is_in_recovery()", port=5499, socket=SOCK) == "t":
-        if time.monotonic() > deadline:
-            raise RuntimeError("the restored copy did not finish recovery")
-        time.sleep(1)
-
-
-def drop_scratch(lab: Lab, node: str) -> None:
-    lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH} -m immediate stop; "
-                  f"rm -rf {SCRATCH} {SOCK}", check=False)
-
 
 def rpo(lab: Lab) -> tuple[float, str]:
     leader = lab.leader()
@@ -62,11 +41,8 @@ def rpo(lab: Lab) -> tuple[float, str]:
             raise RuntimeError("no new leader")
         time.sleep(2)
     survivor = lab.leader()
-    restore_and_start(lab, survivor, f"--type=default --target-timeline={timeline}")
-    try:
-        newest = float(lab.sql(survivor, "SELECT extract(epoch FROM max(at)) FROM rpo", port=5499, socket=SOCK))
-    finally:
-        drop_scratch(lab, survivor)
+    newest = float(lab.restored_copy_says(survivor, f"--type=default --target-timeline={timeline}",
+                                          "SELECT extract(epoch FROM max(at)) FROM rpo"))
     lab.restart_lab()
     lab.wait_healthy(timeout=300)
     return cut - newest, leader
@@ -85,29 +61,23 @@ def restore_throughput(lab: Lab, scale: int) -> tuple[float, float, float, float
     newest = lab.info().get("backup", [])
     if result != "success" or len(newest) != before + 1 or newest[-1]["type"] != "full":
         raise RuntimeError(f"the full backup did not run on {leader}: Result={result}")
-    replica = lab.replicas()[0]
+    replica, scratch = lab.replicas()[0], "/var/tmp/bench-restore"  # noqa: S108 -- inside a lab node
     started = time.monotonic()
-    lab.ssh(replica, f"rm -rf {SCRATCH} && install -d -o postgres -m 0700 {SCRATCH}")
-    lab.pgbackrest(replica, f"--pg1-path={SCRATCH} --archive-mode=off --log-level-console=warn restore")
+    lab.ssh(replica, f"rm -rf {scratch} && install -d -o postgres -m 0700 {scratch}")
+    lab.pgbackrest(replica, f"--pg1-path={scratch} --archive-mode=off --log-level-console=warn restore",
+                   timeout=3600)
     restore_s = time.monotonic() - started
-    drop_scratch(lab, replica)
+    lab.ssh(replica, f"rm -rf {scratch}")
     return size_mb, backup_s, restore_s, size_mb / restore_s
 
 
 def cluster_pitr(lab: Lab) -> dict[str, float]:
-    """The README's cluster recovery to a point just before a row that must then be gone everywhere."""
-    leader = lab.leader()
-    lab.sql(leader, "CREATE TABLE bench_pitr (n int)")
-    lab.wait_archived(lab.switch_wal(leader))
-    time.sleep(1.5)
-    target = lab.sql(leader, "SELECT now()")
-    time.sleep(1.5)
-    lab.sql(leader, "INSERT INTO bench_pitr VALUES (1)")
-    lab.wait_archived(lab.switch_wal(leader))
+    """The README's cluster recovery to a point between two batches of rows: the later must be gone everywhere."""
+    target = lab.rows_around_a_target(lab.leader(), "bench_pitr")
     took = lab.recover_cluster_to(target)
     for node in lab.nodes:
-        if lab.sql(node, "SELECT count(*) FROM bench_pitr") != "0":
-            raise RuntimeError(f"{node} still has the row written after the target")
+        if lab.sql(node, "SELECT count(*) FROM bench_pitr WHERE batch = 'after'") != "0":
+            raise RuntimeError(f"{node} still has rows written after the target")
         lab.ssh(node, f"rm -rf {PG_DATA}.before-pitr")
     return took
 

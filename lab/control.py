@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import ssl
 import subprocess
@@ -23,6 +24,7 @@ import boto3
 import yaml
 from botocore.config import Config as BotoConfig
 
+from components.cluster import repo_of
 from components.storage import repository_policy
 from lab import driver
 
@@ -31,11 +33,6 @@ LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108
 STANZA = "lab"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_DATA = "/var/lib/postgresql/15/main"
-
-
-def repo_of(entry: dict[str, Any]) -> int:
-    """The repository of a `pgbackrest info` backup or archive entry: 1, or 2 (monthly archives)."""
-    return int(entry["database"]["repo-key"])
 
 
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -137,6 +134,41 @@ class Lab:
     def driver_state(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads((LAB_DIR / "driver-state.json").read_text())
         return state
+
+    # -- restores
+    def rows_around_a_target(self, node: str, table: str) -> str:
+        """(Re)creates `table` (batch text) with 100 rows 'before' a moment, then 50 'after' it, and waits
+        until the repository holds them. Returns that moment (a timestamp for --target)."""
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", table), f"not a plain table name: {table!r}"
+        self.sql(node, f"DROP TABLE IF EXISTS {table}")
+        self.sql(node, f"CREATE TABLE {table} (batch text)")
+        self.sql(node, f"INSERT INTO {table} SELECT 'before' FROM generate_series(1, 100)")  # noqa: S608 -- checked name
+        time.sleep(1.5)
+        target = self.sql(node, "SELECT now()")
+        time.sleep(1.5)
+        self.sql(node, f"INSERT INTO {table} SELECT 'after' FROM generate_series(1, 50)")  # noqa: S608 -- checked name
+        self.wait_archived(self.switch_wal(node))
+        return target
+
+    def restored_copy_says(self, node: str, restore_options: str, query: str) -> str:
+        """The README's restore drill: restore into a scratch directory on `node` with archiving off, start the
+        copy on its own port and socket, wait for the end of recovery, run `query`, drop the copy."""
+        scratch, sock = "/var/tmp/pitr", "/var/tmp/pitr-sock"  # noqa: S108 -- inside a lab node
+        pg_ctl = f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch}"
+        self.ssh(node, f"rm -rf {scratch} {sock} && install -d -o postgres -m 0700 {scratch} && "
+                       f"install -d -o postgres {sock}")
+        self.pgbackrest(node, f"--pg1-path={scratch} {restore_options} --archive-mode=off --log-level-console=warn "
+                              "restore", timeout=3600)
+        options = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories={sock} -c archive_mode=off"
+        self.ssh(node, f"{pg_ctl} -l /var/tmp/pitr.log -o \"{options}\" -w -t 600 start", timeout=700)
+        try:
+            deadline = time.monotonic() + 600
+            while self.sql(node, "SELECT pg_is_in_recovery()", port=5499, socket=sock) == "t":
+                assert time.monotonic() < deadline, "the restored copy did not finish recovery"
+                time.sleep(1)
+            return self.sql(node, query, port=5499, socket=sock)
+        finally:
+            self.ssh(node, f"{pg_ctl} -m immediate stop; rm -rf {scratch} {sock}", check=False)
 
     # -- recovery
     def recover_cluster_to(self, target: str) -> dict[str, float]:

@@ -15,8 +15,9 @@ from typing import Any
 import boto3
 import pytest
 
+from components.cluster import repo_of
 from lab import driver
-from lab.control import LAB_DIR, PG_BIN, PG_DATA, STANZA, AuthenticatedS3, Lab, repo_of, sh
+from lab.control import LAB_DIR, PG_DATA, STANZA, AuthenticatedS3, Lab, sh
 
 pytestmark = pytest.mark.lab
 
@@ -96,38 +97,10 @@ def test_metrics_collector_writes_prometheus_text(lab: Lab) -> None:
     assert f'pgbackrest_archive_check_failed{{stanza="{STANZA}"}} 0' in text
 
 
-def restored_copy_says(lab: Lab, node: str, restore_options: str, query: str) -> str:
-    """The README's restore drill: restore into a scratch directory on `node` with archiving off, start the
-    copy on its own port and socket, wait for it to promote, run `query`, drop the copy."""
-    scratch, sock = "/var/tmp/pitr", "/var/tmp/pitr-sock"
-    lab.ssh(node, f"rm -rf {scratch} {sock} && install -d -o postgres -m 0700 {scratch} && install -d -o postgres {sock}")
-    lab.pgbackrest(node, f"--pg1-path={scratch} {restore_options} --target-action=promote "
-                         "--archive-mode=off --log-level-console=warn restore")
-    options = f"-c port=5499 -c listen_addresses='' -c unix_socket_directories={sock} -c archive_mode=off"
-    lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -l /var/tmp/pitr.log "
-                  f"-o \"{options}\" -w -t 120 start")
-    try:
-        deadline = time.monotonic() + 60
-        while lab.sql(node, "SELECT pg_is_in_recovery()", port=5499, socket=sock) == "t":
-            assert time.monotonic() < deadline, "the restored copy did not promote"
-            time.sleep(1)
-        return lab.sql(node, query, port=5499, socket=sock)
-    finally:
-        lab.ssh(node, f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch} -m fast stop; "
-                      f"rm -rf {scratch} {sock}", check=False)
-
-
 def test_point_in_time_recovery_into_a_scratch_directory(lab: Lab) -> None:
-    leader = lab.leader()
-    lab.sql(leader, "CREATE TABLE IF NOT EXISTS pitr (batch text, at timestamptz DEFAULT now())")
-    lab.sql(leader, "INSERT INTO pitr (batch) SELECT 'before' FROM generate_series(1, 100)")
-    time.sleep(1.5)
-    target = lab.sql(leader, "SELECT now()")
-    time.sleep(1.5)
-    lab.sql(leader, "INSERT INTO pitr (batch) SELECT 'after' FROM generate_series(1, 50)")
-    lab.wait_archived(lab.switch_wal(leader))
-    counts = restored_copy_says(lab, lab.replicas()[0], f"--type=time '--target={target}'",
-                                "SELECT batch || '=' || count(*) FROM pitr GROUP BY batch ORDER BY batch")
+    target = lab.rows_around_a_target(lab.leader(), "pitr")
+    counts = lab.restored_copy_says(lab.replicas()[0], f"--type=time '--target={target}' --target-action=promote",
+                                    "SELECT batch || '=' || count(*) FROM pitr GROUP BY batch ORDER BY batch")
     assert counts.split() == ["before=100"]
     # The restored copy pushed nothing: the repository's archive still belongs to the cluster only.
     assert lab.info()["status"]["code"] == 0
@@ -143,8 +116,9 @@ def test_a_monthly_archive_restores_from_the_second_repository(lab: Lab) -> None
     label = backups(lab, repo=2)[-1]["label"]
     lab.sql(leader, "INSERT INTO monthly SELECT 'later' FROM generate_series(1, 5)")
     lab.wait_archived(lab.switch_wal(leader))
-    counts = restored_copy_says(lab, lab.replicas()[0], f"--repo=2 --set={label} --type=immediate",
-                                "SELECT batch || '=' || count(*) FROM monthly GROUP BY batch")
+    counts = lab.restored_copy_says(lab.replicas()[0],
+                                    f"--repo=2 --set={label} --type=immediate --target-action=promote",
+                                    "SELECT batch || '=' || count(*) FROM monthly GROUP BY batch")
     assert counts.split() == ["in-the-archive=10"]
 
 
@@ -360,14 +334,7 @@ def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab
     """README, "Point-in-time recovery of the cluster": lab.recover_cluster_to runs its steps."""
     leader, replicas = lab.leader(), lab.replicas()
     timeline = max(int(m["TL"]) for m in lab.members())
-    lab.sql(leader, "DROP TABLE IF EXISTS cluster_pitr")
-    lab.sql(leader, "CREATE TABLE cluster_pitr (batch text)")
-    lab.sql(leader, "INSERT INTO cluster_pitr SELECT 'before' FROM generate_series(1, 100)")
-    time.sleep(1.5)
-    target = lab.sql(leader, "SELECT now()")
-    time.sleep(1.5)
-    lab.sql(leader, "INSERT INTO cluster_pitr SELECT 'after' FROM generate_series(1, 50)")
-    lab.wait_archived(lab.switch_wal(leader))
+    target = lab.rows_around_a_target(leader, "cluster_pitr")
     since = lab.ssh(replicas[0], "date +%s").stdout.strip()
     took = lab.recover_cluster_to(target)
     print("\n" + ", ".join(f"{name}: {seconds:.1f} s" for name, seconds in took.items()))
