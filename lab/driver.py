@@ -86,21 +86,20 @@ def load_private_key(text: str) -> paramiko.PKey:
     raise StepFailed("the SSH private key is not an ed25519, ECDSA or RSA key")
 
 
-def run_ssh(
-    connection: dict[str, Any], command: str, stdin: str | None, known_hosts: str | None
-) -> tuple[int, str, str]:
-    """Run `command` in one SSH session with `stdin`, as pulumi-command does. Returns (status, out, err)."""
+def run_ssh(connection: dict[str, Any], command: str, stdin: str | None) -> tuple[int, str, str]:
+    """Run `command` in one SSH session with `stdin`, as pulumi-command does. Returns (status, out, err).
+
+    Like pulumi-command, the host key is checked only when the connection pins one (`hostKey`); the program
+    pins it on every node unless pgbackup:cluster.insecureSkipHostKeyCheck says otherwise. A host that
+    answers with another key is refused before anything (a command, its stdin) is sent."""
     client = paramiko.SSHClient()
     if connection.get("hostKey"):
         kind, blob = connection["hostKey"].split()[:2]
         host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-        client.get_host_keys().add(connection["host"], kind, host_key)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    elif known_hosts:
-        client.load_host_keys(known_hosts)
+        client.get_host_keys().add(_known_hosts_name(connection), kind, host_key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
-        # As pulumi-command does without hostKey: the README says to pin it.
+        # As pulumi-command does without hostKey.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
     key = load_private_key(connection["privateKey"])
     client.connect(connection["host"], port=int(connection.get("port") or 22),
@@ -130,6 +129,16 @@ def run_ssh(
         return channel.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
     finally:
         client.close()
+
+
+def _known_hosts_name(connection: dict[str, Any]) -> str:
+    """The name paramiko looks the host key up by: host, or [host]:port off port 22."""
+    port = int(connection.get("port") or 22)
+    return connection["host"] if port == 22 else f"[{connection['host']}]:{port}"
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
 
 
 # ---------------------------------------------------------------------------------------------- TLS
@@ -386,7 +395,12 @@ class LabEngine(pulumi.runtime.Mocks):
                  ) -> tuple[str, str]:
         started = time.monotonic()
         try:
-            status, out, err = run_ssh(connection, command, stdin, self.env.get("LAB_SSH_KNOWN_HOSTS"))
+            status, out, err = run_ssh(connection, command, stdin)
+        except paramiko.BadHostKeyException as error:
+            self.record_run(name, action, command, -1, time.monotonic() - started)
+            raise StepFailed(f"{name}: {connection['host']} answered with host key {_fingerprint(error.key)}, not "
+                             f"the pinned hostKey {_fingerprint(error.expected_key)}: refused, nothing was sent"
+                             ) from None
         except (OSError, paramiko.SSHException) as error:
             self.record_run(name, action, command, -1, time.monotonic() - started)
             raise StepFailed(f"{name}: cannot reach {connection['host']}:{connection.get('port') or 22} over SSH: "

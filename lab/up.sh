@@ -229,11 +229,19 @@ configure_node() {
     hosts_block
   } >"$root/etc/hosts"
 
-  if ! ls "$root"/etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
-    ssh-keygen -q -A -f "$root" >/dev/null
+  # The node's one host key: the committed lab/ssh/<name>_host_ed25519_key (public on purpose, loopback
+  # only), which Pulumi.lab.yaml pins as hostKey; a node beyond those gets a key made here.
+  local committed="$LAB_SCRIPTS/ssh/${name}_host_ed25519_key"
+  rm -f "$root"/etc/ssh/ssh_host_*
+  if [ -f "$committed" ]; then
+    install -m 0600 "$committed" "$root/etc/ssh/ssh_host_ed25519_key"
+    install -m 0644 "$committed.pub" "$root/etc/ssh/ssh_host_ed25519_key.pub"
+  else
+    ssh-keygen -q -t ed25519 -N '' -f "$root/etc/ssh/ssh_host_ed25519_key"
   fi
   cat >"$root/etc/ssh/sshd_config.d/lab.conf" <<EOF
 # pgbackup lab: this node's own loopback address only; root by key only.
+HostKey /etc/ssh/ssh_host_ed25519_key
 ListenAddress $addr:22
 PermitRootLogin prohibit-password
 PasswordAuthentication no
