@@ -20,9 +20,12 @@ class Paths:
     backup_lock: str = "/var/lib/pgbackrest/pgbackup-backup.lock"
     home: str = "/var/lib/pgbackrest"
     tmpfiles: str = "/etc/tmpfiles.d/pgbackup.conf"
-    metrics_script: str = "/usr/local/lib/pgbackup/pgbackup-metrics"
+    metrics_script: str = "/usr/local/lib/pgbackup/pgbackup-metrics"  # in metrics_dir
     metrics_file: str = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
     unit_dir: str = "/etc/systemd/system"
+    metrics_dir: str = "/usr/local/lib/pgbackup"
+    # Root's own: the files step's list of what it installed, staged manifests and pending follow-up actions.
+    state_dir: str = "/var/lib/pgbackup"
 
 
 PATHS = Paths()
@@ -47,6 +50,37 @@ INCREMENTAL = Backup("incr", "incr", 1)
 MONTHLY = Backup("monthly", "full", 2)
 # The schedule keys (pgbackup:schedule.<key>) of each backup.
 BACKUPS = {"full": FULL, "incremental": INCREMENTAL, "monthly": MONTHLY}
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory the files step writes into as root: it is root-owned, so that no other user (postgres
+    above all) can plant a link or race a rename in it."""
+
+    path: str
+    owner: str
+    group: str
+    mode: str
+
+
+# Every directory a managed file may land in; the files step creates or corrects each (never following a
+# link). /etc/pgbackrest is group postgres: pgBackRest, run as postgres, reads its files.
+DIRECTORIES = {
+    d.path: d
+    for d in (
+        Directory(PATHS.config_dir, "root", "postgres", "0750"),
+        Directory(PATHS.tls_dir, "root", "postgres", "0750"),
+        Directory(PATHS.unit_dir, "root", "root", "0755"),
+        Directory("/etc/tmpfiles.d", "root", "root", "0755"),
+        Directory(PATHS.metrics_dir, "root", "root", "0755"),
+    )
+}
+
+# What the files step does after it changed (or removed) a file, once per run, in this order. A pending
+# action survives an interrupted run (a marker in PATHS.state_dir) and is done by the next one.
+DAEMON_RELOAD = "daemon-reload"  # the file is a systemd unit: reload; disabled and stopped when removed
+TMPFILES = "tmpfiles"  # a tmpfiles.d entry: systemd-tmpfiles --create
+TLS_RESTART = "tls-restart"  # read by pgBackRest's TLS server: restart it when it runs
+ARCHIVE_WORKERS = "archive-workers"  # pgBackRest's configuration: end stale asynchronous archive workers
 
 TLS_SERVER_UNIT = "pgbackup-tls-server.service"
 METRICS_UNIT = "pgbackup-metrics.service"

@@ -12,15 +12,21 @@ from pulumi_command import remote
 
 from components.config import NodeConfig, Settings
 from components.layout import (
+    ARCHIVE_WORKERS,
     BACKUPS,
+    DAEMON_RELOAD,
+    DIRECTORIES,
     METRICS_CALENDAR,
     METRICS_TIMER,
     METRICS_UNIT,
     PATHS,
+    TLS_RESTART,
     TLS_SERVER_UNIT,
+    TMPFILES,
     Backup,
+    Directory,
 )
-from components.remote import NodeFile, manifest, remote_step
+from components.remote import MANIFEST_MAGIC, NodeFile, manifest, remote_step
 from components.render import render, sha256
 
 
@@ -101,25 +107,43 @@ def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
     """The systemd units, tmpfiles entry and metrics collector: identical content on every node but for
     the node's own REST API address."""
     ctx = template_context(settings, node)
+    unit = (DAEMON_RELOAD,)
     files = []
     for key, backup in scheduled_backups(settings).items():
         files.append(NodeFile(f"{PATHS.unit_dir}/{backup.unit}.service", "0644", "root", "root",
-                              render("systemd/pgbackup-backup.service.j2", **ctx, backup=backup)))
+                              render("systemd/pgbackup-backup.service.j2", **ctx, backup=backup), actions=unit))
         files.append(NodeFile(f"{PATHS.unit_dir}/{backup.unit}.timer", "0644", "root", "root",
                               render("systemd/pgbackup-backup.timer.j2", **ctx, backup=backup,
                                      calendar=getattr(settings.schedule, key),
-                                     randomized_delay_sec=settings.schedule.randomized_delay_sec)))
+                                     randomized_delay_sec=settings.schedule.randomized_delay_sec), actions=unit))
     files.append(NodeFile(f"{PATHS.unit_dir}/{METRICS_UNIT}", "0644", "root", "root",
-                          render("systemd/pgbackup-metrics.service.j2", **ctx)))
+                          render("systemd/pgbackup-metrics.service.j2", **ctx), actions=unit))
     files.append(NodeFile(f"{PATHS.unit_dir}/{METRICS_TIMER}", "0644", "root", "root",
-                          render("systemd/pgbackup-metrics.timer.j2", **ctx, calendar=METRICS_CALENDAR)))
+                          render("systemd/pgbackup-metrics.timer.j2", **ctx, calendar=METRICS_CALENDAR),
+                          actions=unit))
     files.append(NodeFile(PATHS.metrics_script, "0755", "root", "root",
                           render("monitoring/pgbackup-metrics.py.j2", **ctx)))
-    files.append(NodeFile(PATHS.tmpfiles, "0644", "root", "root", render("systemd/pgbackup.tmpfiles.j2", **ctx)))
+    files.append(NodeFile(PATHS.tmpfiles, "0644", "root", "root", render("systemd/pgbackup.tmpfiles.j2", **ctx),
+                          actions=(TMPFILES,)))
     if settings.pgbackrest.backup_standby:
         files.append(NodeFile(f"{PATHS.unit_dir}/{TLS_SERVER_UNIT}", "0644", "root", "root",
-                              render("systemd/pgbackup-tls-server.service.j2", **ctx)))
+                              render("systemd/pgbackup-tls-server.service.j2", **ctx),
+                              actions=(DAEMON_RELOAD, TLS_RESTART)))
     return files
+
+
+# The follow-up actions by name, for the files step's template.
+FILE_ACTIONS = {"daemon_reload": DAEMON_RELOAD, "tmpfiles": TMPFILES, "tls_restart": TLS_RESTART,
+                "archive_workers": ARCHIVE_WORKERS}
+
+
+def directories_of(files: list[NodeFile]) -> list[Directory]:
+    """The root-owned directories (layout.DIRECTORIES) the files land in, parents first."""
+    wanted = {f.path.rsplit("/", 1)[0] for f in files}
+    unknown = wanted - DIRECTORIES.keys()
+    if unknown:
+        raise ValueError(f"no owner and mode in layout.DIRECTORIES for {sorted(unknown)}")
+    return [DIRECTORIES[path] for path in sorted(wanted)]
 
 
 def timers(settings: Settings) -> list[str]:
@@ -180,7 +204,7 @@ class PgBackRestNode(pulumi.ComponentResource):
             return template_context(settings, node, step)
 
         directories = [
-            {"path": PATHS.config_dir, "owner": "postgres", "group": "postgres", "mode": "0750"},
+            {"path": PATHS.config_dir, "owner": "root", "group": "postgres", "mode": "0750"},
             {"path": PATHS.log, "owner": "postgres", "group": "postgres", "mode": "0750"},
             {"path": PATHS.spool, "owner": "postgres", "group": "postgres", "mode": "0750"},
             {"path": PATHS.lock, "owner": "postgres", "group": "postgres", "mode": "0750"},
@@ -195,21 +219,26 @@ class PgBackRestNode(pulumi.ComponentResource):
         )
 
         config = render_config(settings, node, args.secrets)
-        files = [NodeFile(PATHS.config, "0640", "postgres", "postgres", config)]
+        files = [NodeFile(PATHS.config, "0640", "root", "postgres", config, secret=True,
+                          actions=(TLS_RESTART, ARCHIVE_WORKERS))]
         if settings.storage.ca_cert:
-            files.append(NodeFile(PATHS.storage_ca, "0644", "root", "root", settings.storage.ca_cert))
+            files.append(NodeFile(PATHS.storage_ca, "0644", "root", "root", settings.storage.ca_cert,
+                                  actions=(TLS_RESTART, ARCHIVE_WORKERS)))
         if args.tls is not None:
             files += [
-                NodeFile(PATHS.tls_ca, "0644", "root", "root", args.tls.ca_cert_pem),
-                NodeFile(PATHS.tls_cert, "0644", "root", "root", args.tls.cert_pem),
-                NodeFile(PATHS.tls_key, "0600", "postgres", "postgres", args.tls.key_pem),
+                NodeFile(PATHS.tls_ca, "0644", "root", "root", args.tls.ca_cert_pem, actions=(TLS_RESTART,)),
+                NodeFile(PATHS.tls_cert, "0644", "root", "root", args.tls.cert_pem, actions=(TLS_RESTART,)),
+                NodeFile(PATHS.tls_key, "0640", "root", "postgres", args.tls.key_pem, secret=True,
+                         actions=(TLS_RESTART,)),
             ]
         files += unit_files(settings, node)
         self.files = remote_step(
             f"{name}-files",
             step="files",
             conn=args.connection,
-            script=render("scripts/files.sh.j2", **ctx("files"), tls_server=args.tls is not None),
+            script=render("scripts/files.sh.j2", **ctx("files"), tls_server=args.tls is not None,
+                          directories=directories_of(files), manifest_magic=MANIFEST_MAGIC,
+                          tls_unit=TLS_SERVER_UNIT, actions=FILE_ACTIONS),
             stdin=manifest(files),
             parent=self,
             depends_on=[self.install],

@@ -8,6 +8,7 @@ remote sshd would need AcceptEnv for it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,25 +21,54 @@ from components.config import NodeConfig
 
 @dataclass(frozen=True)
 class NodeFile:
-    """A file that lands on a node: its path, mode, owner, group and content (possibly secret)."""
+    """A file that lands on a node: its path, mode, owner, group and content; whether the content is secret
+    (no copy of an old version is kept), and what the files step does after it changes (layout.ACTIONS)."""
 
     path: str
     mode: str
     owner: str
     group: str
     content: pulumi.Input[str]
+    secret: bool = False
+    actions: tuple[str, ...] = ()
+
+
+MANIFEST_MAGIC = "pgbackup-manifest 1"
+
+
+def manifest_text(files: Sequence[NodeFile], contents: Sequence[str]) -> str:
+    """The files step's stdin: a header "pgbackup-manifest 1 <count> <sha256 of the lines>", then a line per
+    file "path mode owner group secret actions base64(content)" (secret 0|1, actions comma-separated or -).
+    The step refuses a manifest whose count or checksum does not match (a cut transfer)."""
+    lines = "".join(
+        f"{f.path} {f.mode} {f.owner} {f.group} {int(f.secret)} {','.join(f.actions) or '-'} "
+        f"{base64.b64encode(c.encode()).decode()}\n"
+        for f, c in zip(files, contents, strict=True)
+    )
+    return f"{MANIFEST_MAGIC} {len(files)} {hashlib.sha256(lines.encode()).hexdigest()}\n{lines}"
+
+
+def parse_manifest(text: str) -> dict[str, dict[str, str]]:
+    """The files of a manifest by path: {mode, owner, group, secret, actions, content}; checks the header."""
+    header, _, lines = text.partition("\n")
+    magic, count, checksum = header.rsplit(" ", 2)
+    if magic != MANIFEST_MAGIC or int(count) != lines.count("\n"):
+        raise ValueError(f"not a whole manifest: {header!r}")
+    if hashlib.sha256(lines.encode()).hexdigest() != checksum:
+        raise ValueError("manifest checksum mismatch")
+    files = {}
+    for line in lines.splitlines():
+        path, mode, owner, group, secret, actions, data = line.split(" ")
+        files[path] = {"mode": mode, "owner": owner, "group": group, "secret": secret, "actions": actions,
+                       "content": base64.b64decode(data).decode()}
+    return files
 
 
 def manifest(files: Sequence[NodeFile]) -> pulumi.Output[str]:
-    """The stdin of the `files` step: "path mode owner group base64" per line. Secret, as a whole."""
-
-    def lines(contents: list[str]) -> str:
-        return "".join(
-            f"{f.path} {f.mode} {f.owner} {f.group} {base64.b64encode(c.encode()).decode()}\n"
-            for f, c in zip(files, contents, strict=False)
-        )
-
-    return pulumi.Output.secret(pulumi.Output.all(*[f.content for f in files]).apply(lines))
+    """The stdin of the `files` step (manifest_text). Secret, as a whole."""
+    return pulumi.Output.secret(
+        pulumi.Output.all(*[f.content for f in files]).apply(lambda contents: manifest_text(files, contents))
+    )
 
 
 def connection(node: NodeConfig, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pulumi
 
+from components.remote import parse_manifest
 from lab.driver import SECRET_SIG, unwrap  # the engine's secret envelope, read the same way by both
 from lab.mockrun import evaluate
 
@@ -187,14 +188,7 @@ def run_program(
 
 def node_files(run: Run, node: str) -> dict[str, dict[str, str]]:
     """The files the `files` step of `node` installs, decoded from its stdin manifest."""
-    import base64
-
-    manifest = run.named(f"cluster-{node}-files").inputs["stdin"]
-    files = {}
-    for line in manifest.splitlines():
-        path, mode, owner, group, data = line.split(" ")
-        files[path] = {"mode": mode, "owner": owner, "group": group, "content": base64.b64decode(data).decode()}
-    return files
+    return parse_manifest(run.named(f"cluster-{node}-files").inputs["stdin"])
 
 
 def script_of(command: Resource, key: str = "create") -> str:

@@ -76,11 +76,12 @@ def test_secrets_only_in_marked_state(run: Run) -> None:
 def test_secrets_travel_on_stdin_of_the_files_step(run: Run) -> None:
     files = node_files(run, "pg1")
     config = files["/etc/pgbackrest/pgbackrest.conf"]
-    assert (config["mode"], config["owner"], config["group"]) == ("0640", "postgres", "postgres")
+    # Root-owned, readable by pgBackRest through its group: postgres cannot replace or relink them.
+    assert (config["mode"], config["owner"], config["group"], config["secret"]) == ("0640", "root", "postgres", "1")
     assert f"repo1-s3-key-secret={SENTINELS['providerSecret']}" in config["content"]
     assert f"repo1-cipher-pass={SENTINELS['cipherPass']}" in config["content"]
     key = files["/etc/pgbackrest/tls/node.key"]
-    assert (key["mode"], key["owner"]) == ("0600", "postgres")
+    assert (key["mode"], key["owner"], key["group"], key["secret"]) == ("0640", "root", "postgres", "1")
     assert "SENTINEL-TLS-KEY" in key["content"]
     assert is_wrapped_secret(run.named("cluster-pg1-files").raw_inputs["stdin"])
 
