@@ -36,13 +36,15 @@ def workflow(name: str) -> dict[Any, Any]:
 
 def on(wf: dict[Any, Any]) -> dict[str, Any]:
     """The triggers (YAML 1.1 reads the key `on` as True)."""
-    triggers: dict[str, Any] = wf.get("on", wf.get(True))
+    triggers = wf["on"] if "on" in wf else wf[True]
+    assert isinstance(triggers, dict)
     return triggers
 
 
 def pulumi_step() -> dict[str, Any]:
     steps = workflow("pulumi.yml")["jobs"]["preview"]["steps"]
     (step,) = [s for s in steps if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert isinstance(step, dict)
     return step
 
 
