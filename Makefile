@@ -31,7 +31,7 @@ setup-lab: setup ## ... and the Debian packages the lab needs on the host
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
-	cd examples/consumer && MYPYPATH=../.. ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml __main__.py test_consumer.py
+	cd examples/consumer && MYPYPATH=../.. $(abspath $(VENV))/bin/mypy --config-file ../../pyproject.toml __main__.py test_consumer.py
 
 unit: setup ## the fast suite: everything but the lab
 	$(PY) -m pytest -m "not lab" -q

@@ -9,6 +9,8 @@ import pulumi
 
 MAX_BACKUP_AGE = datetime.timedelta(hours=26)
 
+# `backupStack` names the pgbackup stack as its backend does (Pulumi.yaml): `myorg/pgbackup/prod` on Pulumi
+# Cloud, `organization/pgbackup/prod` on a self-managed backend; this stack must use the same backend.
 backups = pulumi.StackReference(pulumi.Config().require("backupStack"))
 storage = backups.get_output("storage")
 stanza = backups.get_output("stanza")

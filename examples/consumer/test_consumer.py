@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 
 from lab.mockrun import evaluate
 from tests.harness import SENTINELS, run_program, stack_config
@@ -17,18 +18,25 @@ CONSUMER = Path(__file__).resolve().parent / "__main__.py"
 class StackReferenceMocks(pulumi.runtime.Mocks):
     def __init__(self, outputs: dict[str, Any]) -> None:
         self.outputs = outputs
+        self.referenced: list[str] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         assert args.typ == "pulumi:pulumi:StackReference"
+        self.referenced.append(args.inputs["name"])
         return args.name, {"name": args.name, "outputs": self.outputs}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
 
 
-def run_consumer(outputs: dict[str, Any], now: str) -> tuple[dict[str, Any], set[str]]:
-    return evaluate(CONSUMER, StackReferenceMocks(outputs), project="pgbackup-consumer", stack="test",
-                    config={"pgbackup-consumer:backupStack": "org/pgbackup/prod", "pgbackup-consumer:now": now},
+# The pgbackup stack's name as each kind of backend spells it (Pulumi.yaml, README "First deployment").
+STACK_NAMES = {"Pulumi Cloud": "myorg/pgbackup/prod", "self-managed": "organization/pgbackup/prod"}
+
+
+def run_consumer(outputs: dict[str, Any], now: str, backup_stack: str = STACK_NAMES["Pulumi Cloud"],
+                 mocks: StackReferenceMocks | None = None) -> tuple[dict[str, Any], set[str]]:
+    return evaluate(CONSUMER, mocks or StackReferenceMocks(outputs), project="pgbackup-consumer", stack="test",
+                    config={"pgbackup-consumer:backupStack": backup_stack, "pgbackup-consumer:now": now},
                     secret_keys=[])
 
 
@@ -52,3 +60,14 @@ def test_consumer_reads_the_contract() -> None:
 def test_consumer_flags_an_old_backup() -> None:
     values, _ = run_consumer(pgbackup_outputs(), now="2026-11-30T12:00:00+00:00")
     assert values["backupHealthy"] is False
+
+
+@pytest.mark.parametrize("backend", sorted(STACK_NAMES))
+def test_consumer_references_the_stack_by_its_backend_name(backend: str) -> None:
+    """Both documented forms reach the StackReference as written; the Pulumi.yaml shows each."""
+    mocks = StackReferenceMocks(pgbackup_outputs())
+    values, _ = run_consumer(mocks.outputs, now="2026-11-23T12:00:00+00:00", backup_stack=STACK_NAMES[backend],
+                             mocks=mocks)
+    assert mocks.referenced == [STACK_NAMES[backend]]
+    assert values["stanza"] == "main"
+    assert STACK_NAMES[backend] in (Path(__file__).parent / "Pulumi.yaml").read_text()
