@@ -6,7 +6,7 @@ Load and validate the configuration, build the components, export the outputs (R
 import pulumi
 
 from components.cluster import BackupCluster, BackupClusterArgs
-from components.config import load_settings
+from components.config import load_settings, repository_key_name
 from components.monitoring import alert_rules
 from components.storage import BackupRepository, BackupRepositoryArgs
 
@@ -16,7 +16,7 @@ repository = BackupRepository(
     "repository",
     BackupRepositoryArgs(
         storage=settings.storage,
-        key_name=f"pgbackup-{pulumi.get_stack()}-{settings.cluster.stanza}",
+        key_name=repository_key_name(pulumi.get_stack(), settings.cluster.stanza),
         access_key_id=settings.access_key_id,
         secret_access_key=settings.secret_access_key,
     ),

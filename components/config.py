@@ -9,53 +9,117 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pulumi
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from components.calendar import CalendarError, validate_calendar
+from components.text import check_text, unsafe_character
 
 NAMESPACE = "pgbackup"
 
 Provider = Literal["b2", "wasabi", "minio", "s3"]
 
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_STANZA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|KiB|MiB|GiB|TiB|PiB)?$", re.IGNORECASE)
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_APT_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*\*?$")
-_POSIX_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+# Every pattern is matched whole (re.fullmatch): `^...$` would accept a trailing line feed.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_STANZA = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SIZE = re.compile(r"[0-9]+(B|KB|MB|GB|TB|PB|KiB|MiB|GiB|TiB|PiB)?", re.IGNORECASE)
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_APT_VERSION = re.compile(r"[0-9][A-Za-z0-9.+~:-]*\*?")
+_POSIX_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_B2_BUCKET = re.compile(r"[a-z0-9-]{6,63}")
+_POSIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,2}")
+# B2's rule for application key names (components/b2.py refuses others when the key is created); checked
+# here so that a stanza the name cannot take is reported under pgbackup:cluster.stanza.
+_B2_KEY_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
+# pgBackRest numbers a node's PostgreSQL hosts pg1..pg256: its parser refuses pg257 ("option 'pg257-host' key
+# exceeds maximum of 256", pgBackRest 2.45; CFG_OPTION_INDEX_MAX in src/config). pg1 is the node itself and
+# every other member is a peer, so a cluster has at most 256 members.
+MAX_NODES = 256
 
 
 class ConfigError(Exception):
     """Bad stack configuration. The message names the key and what was expected."""
 
 
+def normalise_host(value: str) -> str:
+    """A DNS name (lower-case, without a trailing dot) or an IP address (Python's canonical form), as ssh,
+    pgBackRest and curl will be given it. Raises ValueError otherwise.
+
+    IPv6 zone ids (`fe80::1%eth0`) are refused: Python's ipaddress accepts any text after `%`, a zone only
+    means something on one host, and in a URL it would need `%25` escaping."""
+    if "%" in value:
+        raise ValueError("an IPv6 zone id ('%...') is not accepted: give a global or unique-local address or a "
+                         "DNS name")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    name = value.lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError("expected a DNS name or an IP address")
+    return name
+
+
 def is_valid_host(value: str) -> bool:
     """A DNS name or an IP address (what ssh, pgBackRest and curl will be given)."""
     try:
-        ipaddress.ip_address(value)
-        return True
+        normalise_host(value)
     except ValueError:
-        pass
-    if len(value) > 253:
         return False
-    return all(_HOST_LABEL.match(label) for label in value.rstrip(".").split("."))
+    return True
+
+
+def url_host(host: str) -> str:
+    """`host` as the host part of a URL: an IPv6 literal in brackets (RFC 3986), anything else as it is."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _loads_as_ssh_key(key: str) -> bool:
+    try:
+        load_ssh_public_key(key.encode())
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, extra="forbid", frozen=True, strict=True
     )
+    _MULTILINE: ClassVar[frozenset[str]] = frozenset()
+    """Fields that may hold line feeds (a PEM certificate). Every other string is one line."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_line(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs before every other validator: no string with a control character gets further.
+        if isinstance(value, str):
+            check_text(value, allow="\n" if info.field_name in cls._MULTILINE else "")
+        return value
 
 
 def _check_path(value: str) -> str:
-    if not _POSIX_PATH.match(value) or "//" in value or "/../" in f"{value}/":
+    if not _POSIX_PATH.fullmatch(value) or "//" in value or "/../" in f"{value}/":
         raise ValueError("expected an absolute path of letters, digits and ._/@+- (no '..')")
     return value.rstrip("/") or "/"
 
@@ -73,6 +137,8 @@ _DEFAULT_REGION: dict[str, str | None] = {"b2": None, "wasabi": None, "minio": "
 class StorageConfig(_Model):
     """`pgbackup:storage`: where the repository lives."""
 
+    _MULTILINE = frozenset({"ca_cert"})
+
     provider: Provider = Field(description="b2 | wasabi | minio | s3")
     bucket: str = Field(description="Bucket name (3-63 lower-case letters, digits, dots, hyphens)")
     region: str | None = Field(default=None, description="Provider region, e.g. us-west-004 (b2)")
@@ -89,14 +155,14 @@ class StorageConfig(_Model):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value) or ".." in value:
+        if not _BUCKET.fullmatch(value) or ".." in value:
             raise ValueError("expected 3-63 lower-case letters, digits, '.' or '-', starting and ending alphanumeric")
         return value
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION.match(value):
+        if value is not None and not _REGION.fullmatch(value):
             raise ValueError("expected a region name like us-west-004 or us-east-1")
         return value
 
@@ -116,21 +182,28 @@ class StorageConfig(_Model):
         if value.startswith("http://"):
             raise ValueError("pgBackRest reaches S3 over HTTPS only: give https://host[:port] or host[:port]")
         value = value.removeprefix("https://").rstrip("/")
-        host, _, port = value.partition(":")
-        if not is_valid_host(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        if value.startswith("[") or value.count(":") > 1:
+            raise ValueError("an IPv6 address is not accepted as the endpoint: give its DNS name (host[:port])")
+        host, colon, port = value.partition(":")
+        if not is_valid_host(host) or (colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)):
             raise ValueError("expected host[:port], e.g. minio.example.net:9000")
-        return value
+        return normalise_host(host) + colon + port
 
     @field_validator("ca_cert")
     @classmethod
     def _ca_cert(cls, value: str | None) -> str | None:
-        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
-            raise ValueError("expected a PEM certificate (-----BEGIN CERTIFICATE-----)")
+        if value is None:
+            return None
+        try:
+            x509.load_pem_x509_certificates(value.encode())
+        except ValueError:
+            raise ValueError("expected a PEM certificate, or several, that parse as X.509 "
+                             "(-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)") from None
         return value
 
     @model_validator(mode="after")
     def _derive(self) -> StorageConfig:
-        if self.provider == "b2" and (not re.match(r"^[a-z0-9-]{6,63}$", self.bucket) or self.bucket.startswith("b2-")):
+        if self.provider == "b2" and (not _B2_BUCKET.fullmatch(self.bucket) or self.bucket.startswith("b2-")):
             raise ValueError("bucket: B2 takes 6-63 lower-case letters, digits and '-', not starting with 'b2-'")
         region = self.region or _DEFAULT_REGION[self.provider]
         if region is None:
@@ -175,34 +248,36 @@ class NodeConfig(_Model):
     host: str = Field(description="Host name or address for SSH, pgBackRest and Patroni's REST API")
     user: str = Field(default="root", description="SSH user (root or a sudo-less root equivalent)")
     port: int = Field(default=22, ge=1, le=65535, description="SSH port")
-    host_key: str | None = Field(default=None, description="The node's SSH host public key, pinned")
+    host_key: str | None = Field(
+        default=None, description="The node's SSH host public key (ssh-keyscan -t ed25519 <host>), pinned")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NODE_NAME.match(value):
+        if not _NODE_NAME.fullmatch(value):
             raise ValueError("expected lower-case letters, digits and '-', at most 63 characters")
         return value
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not is_valid_host(value):
-            raise ValueError("expected a DNS name or an IP address")
-        return value
+        return normalise_host(value)
 
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$",
-                                                 " ".join(value.split()[:2])):
-            raise ValueError("expected an OpenSSH public host key such as 'ssh-ed25519 AAAA...'")
-        return None if value is None else " ".join(value.split()[:2])
+        if value is None:
+            return None
+        key = " ".join(value.split()[:2])  # "type base64 [comment]": the comment is dropped
+        if not _HOST_KEY.fullmatch(key) or not _loads_as_ssh_key(key):
+            raise ValueError("expected an OpenSSH public host key such as 'ssh-ed25519 AAAA...' "
+                             "(ssh-keyscan -t ed25519 <host> prints it)")
+        return key
 
     @field_validator("user")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+        if not _POSIX_USER.fullmatch(value):
             raise ValueError("expected a POSIX user name")
         return value
 
@@ -218,11 +293,13 @@ class ClusterConfig(_Model):
     patroni_config: str = Field(default="/etc/patroni/patroni.yml")
     patroni_api_port: int = Field(default=8008, ge=1, le=65535)
     nodes: list[NodeConfig] = Field(min_length=1)
+    insecure_skip_host_key_check: bool = Field(
+        default=False, description="Connect to nodes without a hostKey unchecked (warned on every run)")
 
     @field_validator("stanza")
     @classmethod
     def _stanza(cls, value: str) -> str:
-        if not _STANZA.match(value):
+        if not _STANZA.fullmatch(value):
             raise ValueError("expected letters, digits, '_', '.', '-' (at most 64)")
         return value
 
@@ -233,6 +310,10 @@ class ClusterConfig(_Model):
 
     @model_validator(mode="after")
     def _derive(self) -> ClusterConfig:
+        if len(self.nodes) > MAX_NODES:
+            raise ValueError(f"nodes: at most {MAX_NODES} nodes, got {len(self.nodes)} (pgBackRest numbers a "
+                             f"node's PostgreSQL hosts pg1..pg{MAX_NODES})")
+        # Hosts are already normalised (lower-case, no trailing dot, canonical IP): DB1. and db1 are one host.
         for attr in ("name", "host"):
             seen: dict[str, int] = {}
             for i, node in enumerate(self.nodes):
@@ -258,11 +339,15 @@ class ScheduleConfig(_Model):
     @field_validator("full", "incremental", "monthly")
     @classmethod
     def _calendar(cls, value: str) -> str:
+        # What is validated is what the timer gets: words joined by single spaces, ASCII only.
+        calendar = " ".join(value.split())
         try:
-            validate_calendar(value)
+            if not calendar.isascii():
+                raise CalendarError("only ASCII letters, digits and punctuation")
+            validate_calendar(calendar)
         except CalendarError as err:
             raise ValueError(f"expected a systemd calendar expression (systemd.time(7)): {err}") from None
-        return value
+        return calendar
 
 
 class RetentionConfig(_Model):
@@ -294,14 +379,14 @@ class PgBackRestConfig(_Model):
     @field_validator("archive_push_queue_max")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
-        if value is not None and not _SIZE.match(value):
+        if value is not None and not _SIZE.fullmatch(value):
             raise ValueError("expected a size such as 4GiB or 512MiB, or null")
         return value
 
     @field_validator("version")
     @classmethod
     def _version(cls, value: str | None) -> str | None:
-        if value is not None and not _APT_VERSION.match(value):
+        if value is not None and not _APT_VERSION.fullmatch(value):
             raise ValueError("expected a Debian version such as 2.45-1 or a prefix with '*' such as 2.51*")
         return value
 
@@ -328,10 +413,16 @@ class Settings:
     secret_access_key: pulumi.Output[str] | None
 
 
+def _shown(part: str | int) -> str:
+    """A key as an error shows it: a key with a control character is shown escaped, never as a new line."""
+    text = str(part)
+    return ascii(text) if unsafe_character(text) else text
+
+
 def _format_error(key: str, err: ValidationError) -> str:
     lines = []
     for item in err.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{_shown(p)}" for p in item["loc"])
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; keys are camelCase)"
@@ -368,14 +459,90 @@ def _object(config: pulumi.Config, key: str) -> Any:
         raise ConfigError(f"{NAMESPACE}:{key}: expected an object, got {text!r}") from None
 
 
-def parse_settings(raw: Mapping[str, Any]) -> tuple[StorageConfig, ClusterConfig, ScheduleConfig,
-                                                     RetentionConfig, PgBackRestConfig]:
-    """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly."""
-    storage = _parse("storage", raw.get("storage"), StorageConfig, required=True)
-    cluster = _parse("cluster", raw.get("cluster"), ClusterConfig, required=True)
-    schedule = _parse("schedule", raw.get("schedule"), ScheduleConfig, required=False)
-    retention = _parse("retention", raw.get("retention"), RetentionConfig, required=False)
-    pgbackrest = _parse("pgbackrest", raw.get("pgbackrest"), PgBackRestConfig, required=False)
+# Every top-level pgbackup:* key, in one place: the objects (validated by their model; required or not)
+# and the secrets. A key set in the stack but not listed here is refused (a misspelt `retension` would
+# otherwise deploy the defaults).
+OBJECT_KEYS: dict[str, tuple[type[_Model], bool]] = {
+    "storage": (StorageConfig, True),
+    "cluster": (ClusterConfig, True),
+    "schedule": (ScheduleConfig, False),
+    "retention": (RetentionConfig, False),
+    "pgbackrest": (PgBackRestConfig, False),
+}
+SECRET_KEYS = ("sshPrivateKey", "cipherPass", "accessKeyId", "secretAccessKey")
+KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
+
+
+def check_known_keys(keys: Iterable[str]) -> None:
+    """Refuse top-level keys pgbackup does not know, naming each and listing the known ones."""
+    unknown = sorted(set(keys) - set(KNOWN_KEYS))
+    if unknown:
+        known = ", ".join(KNOWN_KEYS)
+        raise ConfigError("\n".join(f"{NAMESPACE}:{_shown(key)}: unknown key (known keys: {known})"
+                                     for key in unknown))
+
+
+def _runtime_key(key: str) -> str:
+    return f"{NAMESPACE}:{key}"
+
+
+def stack_keys() -> list[str]:
+    """The pgbackup:* keys the stack sets (without the namespace). pulumi.Config cannot list keys; the
+    runtime holds them: set by `pulumi.runtime.set_all_config` (the mocks) or passed by the language host
+    in PULUMI_CONFIG."""
+    names = set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
+    prefix = _runtime_key("")
+    return sorted(name.removeprefix(prefix) for name in names if name.startswith(prefix))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether the stack set pgbackup:<key> as a secret (`pulumi config set --secret`)."""
+    name = _runtime_key(key)
+    return pulumi.runtime.config.is_config_secret(name) or name in pulumi.runtime.config.get_config_secret_keys_env()
+
+
+def repository_key_name(stack: str, stanza: str) -> str:
+    """The name of the repository's storage key (B2 application key, IAM or MinIO user)."""
+    return f"pgbackup-{stack}-{stanza}"
+
+
+def unpinned_nodes(cluster: ClusterConfig) -> list[str]:
+    """Nodes reached without checking their SSH host key (only with insecureSkipHostKeyCheck)."""
+    return [node.name for node in cluster.nodes if node.host_key is None]
+
+
+def _check_host_keys(cluster: ClusterConfig) -> None:
+    if cluster.insecure_skip_host_key_check:
+        return
+    missing = [i for i, node in enumerate(cluster.nodes) if node.host_key is None]
+    if missing:
+        raise ConfigError("\n".join(
+            f"{NAMESPACE}:cluster.nodes[{i}].hostKey: required: pin {cluster.nodes[i].name}'s SSH host key, "
+            f"e.g. the line `ssh-keyscan -t ed25519 {cluster.nodes[i].host}` prints, without the host: "
+            "\"ssh-ed25519 AAAA...\" (the only way around it is pgbackup:cluster.insecureSkipHostKeyCheck: true, "
+            "which lets whoever answers on the node's SSH port receive the stack's secrets)"
+            for i in missing))
+
+
+def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) -> None:
+    name = repository_key_name(stack, cluster.stanza)
+    if storage.provider == "b2" and not _B2_KEY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{NAMESPACE}:cluster.stanza: {cluster.stanza!r} cannot name the B2 application key {name!r}: B2 key "
+            "names are 1-100 letters, digits and '-' (use '-' instead of '_' or '.', or a shorter stanza)")
+
+
+def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
+        StorageConfig, ClusterConfig, ScheduleConfig, RetentionConfig, PgBackRestConfig]:
+    """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly.
+    With `stack`, the storage key's name (which holds the stack's name) is checked too."""
+    check_known_keys(raw)
+    parsed = {key: _parse(key, raw.get(key), model, required) for key, (model, required) in OBJECT_KEYS.items()}
+    storage, cluster, schedule, retention, pgbackrest = (
+        parsed["storage"], parsed["cluster"], parsed["schedule"], parsed["retention"], parsed["pgbackrest"])
+    _check_host_keys(cluster)
+    if stack is not None:
+        _check_key_name(storage, cluster, stack)
     if pgbackrest.backup_standby and len(cluster.nodes) < 2:
         raise ConfigError(
             f"{NAMESPACE}:pgbackrest.backupStandby: needs at least two nodes in pgbackup:cluster.nodes "
@@ -384,20 +551,56 @@ def parse_settings(raw: Mapping[str, Any]) -> tuple[StorageConfig, ClusterConfig
     return storage, cluster, schedule, retention, pgbackrest
 
 
+# A passphrase shorter than this is accepted with a warning (the generated one has 64 characters).
+CIPHER_PASS_MIN = 32
+
+
+def _secret(config: pulumi.Config, key: str) -> pulumi.Output[str] | None:
+    """A secret key's value, checked in plain (never shown) before it is wrapped as a secret Output."""
+    value = config.get(key)
+    if value is None:
+        return None
+    try:
+        check_text(value, allow="\n" if key == "sshPrivateKey" else "")  # the private key is PEM-like
+    except ValueError as err:
+        raise ConfigError(f"{NAMESPACE}:{key}: {err}") from None
+    if key == "cipherPass":
+        if any(char.isspace() for char in value):
+            raise ConfigError(
+                f"{NAMESPACE}:cipherPass: must not contain whitespace (pgBackRest would read another passphrase; "
+                "`openssl rand -base64 48` prints one line)")
+        if not is_secret_key(key):
+            raise ConfigError(
+                f"{NAMESPACE}:cipherPass: must be set as a secret: pulumi config set --secret pgbackup:cipherPass "
+                "... (it decrypts every backup; a plain value is stored readable in the stack file)")
+        if len(value) < CIPHER_PASS_MIN:
+            pulumi.log.warn(f"{NAMESPACE}:cipherPass: shorter than {CIPHER_PASS_MIN} characters; "
+                            "`openssl rand -base64 48` gives 64")
+    return config.get_secret(key)
+
+
 def load_settings(config: pulumi.Config | None = None) -> Settings:
     """Read and validate `pgbackup:*`. Raises ConfigError before anything is declared."""
     config = config or pulumi.Config(NAMESPACE)
-    raw = {key: _object(config, key) for key in ("storage", "cluster", "schedule", "retention", "pgbackrest")}
-    storage, cluster, schedule, retention, pgbackrest = parse_settings(raw)
+    check_known_keys(stack_keys())
+    raw = {key: _object(config, key) for key in OBJECT_KEYS}
+    storage, cluster, schedule, retention, pgbackrest = parse_settings(raw, stack=pulumi.get_stack())
+    if cluster.insecure_skip_host_key_check:
+        unpinned = unpinned_nodes(cluster)
+        pulumi.log.warn(
+            f"{NAMESPACE}:cluster.insecureSkipHostKeyCheck is true: the SSH host keys of "
+            f"{', '.join(unpinned) or 'no node (every node has a hostKey: remove the setting)'} are NOT checked; "
+            "whoever answers on their SSH port receives the S3 key, the cipher passphrase and the TLS keys. "
+            "Pin them with hostKey (ssh-keyscan -t ed25519 <host>)")
 
-    ssh_key = config.get_secret("sshPrivateKey")
+    ssh_key = _secret(config, "sshPrivateKey")
     if ssh_key is None:
         raise ConfigError(
             f"{NAMESPACE}:sshPrivateKey: required (secret): "
             "pulumi config set --secret pgbackup:sshPrivateKey < ~/.ssh/id_ed25519"
         )
-    access_key_id = config.get_secret("accessKeyId")
-    secret_access_key = config.get_secret("secretAccessKey")
+    access_key_id = _secret(config, "accessKeyId")
+    secret_access_key = _secret(config, "secretAccessKey")
     if not storage.create and (access_key_id is None or secret_access_key is None):
         raise ConfigError(
             f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: required (secrets) when "
@@ -415,7 +618,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         retention=retention,
         pgbackrest=pgbackrest,
         ssh_private_key=ssh_key,
-        cipher_pass=config.get_secret("cipherPass"),
+        cipher_pass=_secret(config, "cipherPass"),
         access_key_id=access_key_id,
         secret_access_key=secret_access_key,
     )

@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
-from components.config import NodeConfig, Settings
+from components.config import NodeConfig, Settings, url_host
 from components.layout import (
     ARCHIVE_WORKERS,
     BACKUPS,
@@ -49,8 +49,8 @@ class NodeTls:
 
 
 def primary_url(settings: Settings, node: NodeConfig) -> str:
-    """Patroni's REST API answers 200 here only on the leader."""
-    return f"http://{node.host}:{settings.cluster.patroni_api_port}/primary"
+    """Patroni's REST API answers 200 here only on the leader. An IPv6 address is bracketed (RFC 3986)."""
+    return f"http://{url_host(node.host)}:{settings.cluster.patroni_api_port}/primary"
 
 
 def scheduled_backups(settings: Settings) -> dict[str, Backup]:
