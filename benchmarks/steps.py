@@ -14,15 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Run, depth, run_program, stack_config
+from tests.harness import Run, depth, node_config, run_program, stack_config
 
 
 def main() -> None:
     print(f"{'nodes':>5} {'eval s (median of 3)':>21} {'resources':>9} {'remote steps':>12} "
           f"{'steps/node':>10} {'depth':>5}")
     for count in (3, 20, 100):
-        cluster = {"stanza": "main", "nodes": [{"name": f"pg{i}", "host": f"pg{i}.example.net"}
-                                               for i in range(1, count + 1)]}
+        cluster = {"stanza": "main", "nodes": [node_config(f"pg{i}") for i in range(1, count + 1)]}
         times, run = [], Run()
         for _ in range(3):
             start = time.perf_counter()

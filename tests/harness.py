@@ -26,7 +26,7 @@ MAIN = ROOT / "__main__.py"
 # Sentinels: if one of these strings shows up in a command string or an environment entry, a secret leaked.
 SENTINELS = {
     "sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nSENTINEL-SSH-KEY-7f3a\n-----END OPENSSH PRIVATE KEY-----",
-    "cipherPass": "SENTINEL-CIPHER-PASS-91bd",
+    "cipherPass": "SENTINEL-CIPHER-PASS-91bd-long-enough-4e7a",
     "accessKeyId": "SENTINELKEYID0042",
     "secretAccessKey": "SENTINEL-SECRET-ACCESS-KEY-5c2e",
     "providerSecret": "SENTINEL-PROVIDER-SECRET-e4d1",
@@ -141,6 +141,24 @@ class ProgramMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
+def host_key(name: str) -> str:
+    """A real ed25519 public host key, the same for the same name: what `ssh-keyscan -t ed25519` prints for a
+    node, without the host name."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"host key of {name}".encode()).digest())
+    return private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                             serialization.PublicFormat.OpenSSH).decode()
+
+
+def node_config(name: str, host: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A node of pgbackup:cluster.nodes with its pinned host key (host: <name>.example.net)."""
+    return {"name": name, "host": host or f"{name}.example.net", "hostKey": host_key(name), **fields}
+
+
 def stack_config(**overrides: Any) -> dict[str, Any]:
     """A valid three-node configuration on generic S3; keyword arguments replace whole keys."""
     config: dict[str, Any] = {
@@ -148,11 +166,7 @@ def stack_config(**overrides: Any) -> dict[str, Any]:
         "cluster": {
             "stanza": "main",
             "pgVersion": 15,
-            "nodes": [
-                {"name": "pg1", "host": "pg1.example.net"},
-                {"name": "pg2", "host": "pg2.example.net"},
-                {"name": "pg3", "host": "pg3.example.net"},
-            ],
+            "nodes": [node_config("pg1"), node_config("pg2"), node_config("pg3")],
         },
     }
     config.update(overrides)

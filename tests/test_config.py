@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from components.config import ConfigError, parse_settings
-from tests.harness import SENTINELS, Run, run_program, stack_config
+from tests.harness import SENTINELS, Run, host_key, run_program, stack_config
 
 
 def parse(**overrides: Any) -> Any:
@@ -28,8 +28,11 @@ def with_storage(**fields: Any) -> dict[str, Any]:
 
 
 def with_nodes(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The nodes, each with a pinned host key unless it names one (or None: no hostKey)."""
     config = stack_config()
-    config["cluster"] = {**config["cluster"], "nodes": nodes}
+    pinned = [{k: v for k, v in {"hostKey": host_key(n.get("name", "x")), **n}.items() if v is not None}
+              for n in nodes]
+    config["cluster"] = {**config["cluster"], "nodes": pinned}
     return config
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import Run, node_files, run_program, script_of, stack_config
+from tests.harness import Run, node_config, node_files, run_program, script_of, stack_config
 
 PGBACKREST_COMMANDS = ["archive-get", "archive-push", "backup", "check", "expire", "info", "restore", "server",
                        "stanza-create", "verify"]
@@ -22,12 +22,12 @@ VARIANTS = {
     "s3-standby": stack_config(),
     "b2-no-standby-single": stack_config(
         storage={"provider": "b2", "region": "us-west-004", "bucket": "proposalsapp-db-backups"},
-        cluster={"stanza": "proposalsapp", "nodes": [{"name": "db-sib-01", "host": "db-sib-01"}]},
+        cluster={"stanza": "proposalsapp", "nodes": [node_config("db-sib-01", "db-sib-01")]},
         pgbackrest={"backupStandby": False, "archivePushQueueMax": None, "startFast": True},
     ),
     "minio-ca-time-retention": stack_config(
         storage={"provider": "minio", "endpoint": "minio.lan:9000", "bucket": "pg-backups", "verifyTls": False,
-                 "caCert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+                 "caCert": (Path(__file__).parent / "data" / "storage-ca.pem").read_text()},
         retention={"full": 30, "fullType": "time"},
         pgbackrest={"compressType": "lz4", "compressLevel": 1, "processMax": 2, "archiveAsync": False},
     ),

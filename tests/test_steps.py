@@ -12,7 +12,9 @@ from tests.harness import (
     Run,
     depends_on,
     depth,
+    host_key,
     is_wrapped_secret,
+    node_config,
     node_files,
     run_program,
     script_of,
@@ -128,7 +130,7 @@ def test_dependency_order(run: Run) -> None:
 
 
 def nodes(count: int) -> list[dict[str, str]]:
-    return [{"name": f"pg{i}", "host": f"pg{i}.example.net"} for i in range(1, count + 1)]
+    return [node_config(f"pg{i}") for i in range(1, count + 1)]
 
 
 def test_sequential_depth_does_not_grow_with_nodes() -> None:
@@ -176,13 +178,13 @@ def test_destroy_disables_timers_and_keeps_everything_else(run: Run) -> None:
     assert "pgbackrest" not in script.replace("pgbackup", "")
 
 
-def test_ssh_host_key_is_pinned_when_given() -> None:
+def test_ssh_host_key_is_pinned_into_every_connection() -> None:
     cluster = {"stanza": "main", "nodes": [
-        {"name": "pg1", "host": "pg1.lan", "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEY1 root@pg1"},
-        {"name": "pg2", "host": "pg2.lan", "port": 2222, "user": "admin"}]}
+        node_config("pg1", "pg1.lan", hostKey=host_key("pg1") + " root@pg1"),  # ssh-keyscan's comment is dropped
+        node_config("pg2", "pg2.lan", port=2222, user="admin")]}
     run = run_program(stack_config(cluster=cluster))
-    first = run.named("cluster-pg1-install").inputs["connection"]
+    for command in run.commands:
+        name = command.name.split("-")[1]
+        assert command.inputs["connection"]["hostKey"] == host_key(name), command.name
     second = run.named("cluster-pg2-install").inputs["connection"]
-    assert first["hostKey"] == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEY1"
     assert (second["host"], second["port"], second["user"]) == ("pg2.lan", 2222, "admin")
-    assert "hostKey" not in second or not second["hostKey"]
