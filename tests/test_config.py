@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import re
 from typing import Any
 
+import pulumi
 import pytest
+import yaml
 
-from components.config import ConfigError, parse_settings
-from tests.harness import SENTINELS, Run, host_key, run_program, stack_config
+from components.config import ConfigError, check_known_keys, is_secret_key, parse_settings, stack_keys
+from tests.harness import ROOT, SENTINELS, Run, host_key, run_program, stack_config
 
 
 def parse(**overrides: Any) -> Any:
@@ -179,3 +184,180 @@ def test_existing_bucket_needs_both_key_secrets() -> None:
     with pytest.raises(Exception, match="pgbackup:accessKeyId / pgbackup:secretAccessKey: required"):
         run_program(config, secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"],
                                      "accessKeyId": SENTINELS["accessKeyId"]})
+
+
+# ---- SSH host keys (issue 8, item 2) ---------------------------------------------------------------------
+
+def test_a_node_without_host_key_is_refused_saying_how_to_pin_it() -> None:
+    text = error_of(with_nodes([{"name": "a", "host": "h1"}, {"name": "b", "host": "h2", "hostKey": None},
+                                {"name": "c", "host": "h3", "hostKey": None}]))
+    lines = text.splitlines()
+    assert [line.split(": ")[0] for line in lines] == ["pgbackup:cluster.nodes[1].hostKey",
+                                                       "pgbackup:cluster.nodes[2].hostKey"]
+    assert "`ssh-keyscan -t ed25519 h2`" in lines[0]
+    assert '"ssh-ed25519 AAAA..."' in lines[0]
+    assert "pgbackup:cluster.insecureSkipHostKeyCheck: true" in lines[0]
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_the_shipped_stacks_fail_closed_until_their_keys_are_pinned(stack: str) -> None:
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    config = {k.removeprefix("pgbackup:"): v for k, v in document["config"].items()}
+    text = error_of(config)
+    assert [line.split(": ")[0] for line in text.splitlines()] == [
+        f"pgbackup:cluster.nodes[{i}].hostKey" for i in range(len(config["cluster"]["nodes"]))]
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    ("ssh-ed25519 AAAA", "not a key"),
+    (host_key("a").replace("ssh-ed25519", "ssh-rsa"), "type differs from the key's own"),
+    ("ssh-dss " + host_key("a").split()[1], "DSA"),
+    (host_key("a") + "\n", "trailing newline"),
+])
+def test_a_host_key_must_be_an_openssh_public_key(key: str, why: str) -> None:
+    text = error_of(with_nodes([{"name": "a", "host": "h1", "hostKey": key}, {"name": "b", "host": "h2"}]))
+    assert text.startswith("pgbackup:cluster.nodes[0].hostKey: "), why
+
+
+def test_the_opt_out_warns_on_every_run_naming_the_unchecked_nodes(caplog: pytest.LogCaptureFixture) -> None:
+    config = stack_config()
+    nodes = config["cluster"]["nodes"]
+    del nodes[1]["hostKey"], nodes[2]["hostKey"]
+    config["cluster"]["insecureSkipHostKeyCheck"] = True
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run = run_program(config)
+        warnings = [r.getMessage() for r in caplog.records if "insecureSkipHostKeyCheck" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert "host keys of pg2, pg3 are NOT checked" in warnings[0]
+        assert "pg1" not in warnings[0]
+    assert run.named("cluster-pg1-install").inputs["connection"]["hostKey"] == host_key("pg1")
+    assert not run.named("cluster-pg2-install").inputs["connection"].get("hostKey")
+
+
+def test_without_the_opt_out_nothing_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        run_program(stack_config())
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pgbackup:")] == []
+
+
+# ---- Limits, normalised hosts, the B2 key name (issue 8, item 3) ------------------------------------------
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("db1.example.net", "DB1.Example.NET."), ("2001:db8::11", "2001:DB8:0::0011"), ("10.0.0.1", "10.0.0.1")])
+def test_hosts_are_compared_normalised(first: str, second: str) -> None:
+    text = error_of(with_nodes([{"name": "a", "host": first}, {"name": "b", "host": second}]))
+    assert text.startswith("pgbackup:cluster.nodes[1].host: ")
+    assert "is already used by nodes[0]" in text
+
+
+@pytest.mark.parametrize("host", ["fe80::1%eth0", "fe80::1%25eth0", "010.1.1.1", "host..example"])
+def test_zone_ids_and_look_alike_hosts_are_refused(host: str) -> None:
+    text = error_of(with_nodes([{"name": "a", "host": host}, {"name": "b", "host": "h2"}]))
+    assert text.startswith("pgbackup:cluster.nodes[0].host: "), text
+
+
+def test_ipv6_endpoint_is_refused_with_a_clear_error() -> None:
+    assert "IPv6 address is not accepted as the endpoint" in error_of(with_storage(endpoint="[2001:db8::1]:9000"))
+
+
+def test_at_most_256_nodes_as_pgbackrest_numbers_them() -> None:
+    assert len(parse_settings(with_nodes([{"name": f"n{i}", "host": f"h{i}"} for i in range(256)]))[1].nodes) == 256
+    text = error_of(with_nodes([{"name": f"n{i}", "host": f"h{i}"} for i in range(257)]))
+    assert text == "pgbackup:cluster.nodes: at most 256 nodes, got 257 (pgBackRest numbers a node's PostgreSQL " \
+                   "hosts pg1..pg256)"
+
+
+@pytest.mark.parametrize(("stanza", "stack"), [("main_db", "prod"), ("main.db", "prod"), ("a" * 64, "s" * 30)])
+def test_a_stanza_the_b2_key_name_cannot_take_is_reported_under_the_stanza(stanza: str, stack: str) -> None:
+    config = stack_config(storage={"provider": "b2", "region": "us-west-004", "bucket": "bucket-1"})
+    config["cluster"]["stanza"] = stanza
+    with pytest.raises(ConfigError, match=r"^pgbackup:cluster\.stanza: .* cannot name the B2 application key"):
+        parse_settings(config, stack=stack)
+    config["storage"] = stack_config()["storage"]  # other providers take it
+    parse_settings(config, stack=stack)
+
+
+def test_the_b2_key_name_is_checked_for_the_running_stack() -> None:
+    config = stack_config(storage={"provider": "b2", "region": "us-west-004", "bucket": "bucket-1"})
+    config["cluster"]["stanza"] = "main_db"
+    with pytest.raises(Exception, match=r"pgbackup:cluster\.stanza: 'main_db' cannot name the B2 application key "
+                                        r"'pgbackup-test-main_db'"):
+        run_program(config)
+
+
+# ---- Unknown keys and secrets (issue 8, item 4) ----------------------------------------------------------
+
+def test_an_unknown_top_level_key_is_refused_listing_the_known_ones() -> None:
+    run = Run()
+    with pytest.raises(Exception, match=r"pgbackup:retension: unknown key \(known keys: storage, cluster, schedule, "
+                                        r"retention, pgbackrest, sshPrivateKey, cipherPass, accessKeyId, "
+                                        r"secretAccessKey\)"):
+        run_program(stack_config(retension={"full": 9}), run=run)
+    assert run.resources == []
+
+
+def test_the_stack_keys_are_read_where_the_language_host_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under `pulumi up` the language host passes the stack's configuration in PULUMI_CONFIG and its secret
+    # keys in PULUMI_CONFIG_SECRET_KEYS; the mocks set the runtime's map instead (both are read).
+    pulumi.runtime.set_all_config({}, [])
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({"pgbackup:retension": "{}", "pgbackup:cipherPass": "x",
+                                                    "aws:region": "eu"}))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["pgbackup:cipherPass"]))
+    assert stack_keys() == ["cipherPass", "retension"]
+    assert is_secret_key("cipherPass")
+    assert not is_secret_key("retension")
+    with pytest.raises(ConfigError, match="pgbackup:retension: unknown key"):
+        check_known_keys(stack_keys())
+
+
+GOOD_PASS = "K9vLw2hXq7TzR4mN8bYc3JfD6sGa1PeU5kWx0VnQ"
+
+
+@pytest.mark.parametrize(("case", "secrets", "message"), [
+    ("wrapped over two lines", {"cipherPass": GOOD_PASS[:20] + "\n" + GOOD_PASS[20:]},
+     "pgbackup:cipherPass: must not contain control characters or line breaks: found U+000A at position 20"),
+    ("a space", {"cipherPass": GOOD_PASS[:20] + " " + GOOD_PASS[20:]}, "pgbackup:cipherPass: must not contain whitespace"),
+    ("NUL in the key id", {"accessKeyId": "AKIA\x00X", "secretAccessKey": "s"},
+     "pgbackup:accessKeyId: must not contain control characters"),
+    ("newline after the secret key", {"accessKeyId": "AKIAX", "secretAccessKey": "abc\n"},
+     "pgbackup:secretAccessKey: must not contain control characters"),
+])
+def test_secrets_with_control_characters_are_refused_without_showing_them(case: str, secrets: dict[str, str],
+                                                                          message: str) -> None:
+    config = stack_config()
+    if "accessKeyId" in secrets:
+        config["storage"] = {**config["storage"], "create": False}
+    with pytest.raises(Exception, match=re.escape(message)) as info:
+        run_program(config, secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], **secrets})
+    assert all(value not in str(info.value) for value in secrets.values() if len(value) > 1)
+
+
+def test_a_cipher_pass_set_without_secret_is_refused() -> None:
+    with pytest.raises(Exception, match=r"pgbackup:cipherPass: must be set as a secret: pulumi config set --secret"):
+        run_program(stack_config(cipherPass=GOOD_PASS), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"]})
+
+
+def test_a_short_cipher_pass_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": "short-pass"})
+    warnings = [r.getMessage() for r in caplog.records if "cipherPass" in r.getMessage()]
+    assert warnings == ["pgbackup:cipherPass: shorter than 32 characters; `openssl rand -base64 48` gives 64"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": GOOD_PASS})
+    assert not [r for r in caplog.records if "cipherPass" in r.getMessage()]
+
+
+@pytest.mark.parametrize("pem", [
+    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",  # the marker, no certificate
+    "-----BEGIN CERTIFICATE-----\n" + "A" * 64 + "\n-----END CERTIFICATE-----\n",
+])
+def test_ca_cert_must_parse_as_x509(pem: str) -> None:
+    assert error_of(with_storage(caCert=pem)).startswith("pgbackup:storage.caCert: expected a PEM certificate")
+
+
+def test_ca_cert_takes_a_bundle() -> None:
+    bundle = (ROOT / "tests" / "data" / "storage-ca.pem").read_text() * 2
+    assert parse_settings(with_storage(caCert=bundle))[0].ca_cert == bundle
