@@ -219,6 +219,82 @@ def test_apply_again_changes_nothing(lab: Lab) -> None:
         assert "restarting" not in state[f"cluster-{node}-archiving"]["outputs"]["stdout"]
 
 
+# Everything a root-run step could be tricked into touching: content, owner and mode of every file and link.
+SNAPSHOT = ("find /etc /usr/local /root /var/lib/pgbackrest /var/lib/postgresql -xdev \\( -type f -o -type l \\) "
+            "-not -path '/var/lib/postgresql/*/main/*' -printf '%p %U:%G %m %l\\n' | sort; "
+            "find /etc /usr/local /root -xdev -type f -print0 | sort -z | xargs -0 sha256sum")
+
+
+def with_retention_full(lab: Lab, full: int) -> dict[str, Any]:
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "full": full}
+    return stack
+
+
+def test_a_postgres_shell_cannot_turn_the_files_step_into_root(lab: Lab) -> None:
+    """Issue 8.1. On a node an older pgbackup set up, /etc/pgbackrest belonged to postgres: postgres swaps
+    pgbackrest.conf for a link to a file of its own and makes pgbackrest.conf.pgbackup-prev a link to
+    /etc/passwd. The next apply that changes the configuration must refuse, naming the link, and change
+    nothing; afterwards the directory is root's and postgres cannot plant anything in it."""
+    node = lab.replicas()[0]
+    conf = "/etc/pgbackrest/pgbackrest.conf"
+    lab.ssh(node, "chown postgres:postgres /etc/pgbackrest")
+    lab.ssh(node, f"cd /tmp && runuser -u postgres -- sh -c 'cp {conf} /var/lib/pgbackrest/mine.conf && "
+                  f"ln -sfn /var/lib/pgbackrest/mine.conf {conf} && ln -sfn /etc/passwd {conf}.pgbackup-prev'")
+    before = lab.ssh(node, SNAPSHOT).stdout
+    assert re.search(rf"^{conf} \d+:\d+ 777 /var/lib/pgbackrest/mine.conf$", before, re.M), "the link is planted"
+    with pytest.raises(driver.StepFailed) as failure:
+        lab.apply(with_retention_full(lab, 3))
+    message = str(failure.value)
+    assert f"cluster-{node}-files" in message
+    assert f"{conf} is a symbolic link (to /var/lib/pgbackrest/mine.conf): refused" in message
+    after = lab.ssh(node, SNAPSHOT).stdout
+    assert after == before, "a file changed content, owner or mode on a refused apply"
+    # The operator removes the links; the next apply makes the directory root's.
+    lab.ssh(node, f"rm {conf} {conf}.pgbackup-prev /var/lib/pgbackrest/mine.conf")
+    assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
+    assert lab.ssh(node, "stat -c '%U:%G %a' /etc/pgbackrest " + conf).stdout.split() == [
+        "root:postgres", "750", "root:postgres", "640"]
+    planted = lab.ssh(node, f"cd /tmp && runuser -u postgres -- ln -s /etc/passwd {conf}.x", check=False)
+    assert planted.returncode != 0
+    assert "Permission denied" in planted.stderr
+    lab.pgbackrest(node, "--log-level-console=warn check")
+
+
+def test_a_node_answering_with_another_host_key_is_sent_nothing(lab: Lab) -> None:
+    """Issue 8.2: the host key every node pins is checked before anything (the manifest with the S3 secret
+    and the passphrase) is sent: a node whose sshd presents another key fails the apply, named."""
+    node = lab.replicas()[0]
+    keys = LAB_DIR / "nodes" / node / "root" / "etc" / "ssh"
+    real = (keys / "ssh_host_ed25519_key").read_bytes(), (keys / "ssh_host_ed25519_key.pub").read_bytes()
+    # sshd reads its host key at each connection: from now on the node answers with another one.
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "impostor"))
+    (keys / "impostor").replace(keys / "ssh_host_ed25519_key")
+    (keys / "impostor.pub").replace(keys / "ssh_host_ed25519_key.pub")
+    time.sleep(1)
+    since = time.strftime("%Y-%m-%d %H:%M:%S")  # the nodes share the host's clock
+    log = LAB_DIR / "driver-runs.jsonl"
+    already = len(log.read_text().splitlines())
+    try:
+        with pytest.raises(driver.StepFailed) as failure:
+            lab.apply(with_retention_full(lab, 3))
+        until = time.strftime("%Y-%m-%d %H:%M:%S")
+        time.sleep(1)
+    finally:
+        (keys / "ssh_host_ed25519_key").write_bytes(real[0])
+        (keys / "ssh_host_ed25519_key").chmod(0o600)
+        (keys / "ssh_host_ed25519_key.pub").write_bytes(real[1])
+    message = str(failure.value)
+    assert f"cluster-{node}-files: {node} answered with host key ssh-ed25519 SHA256:" in message
+    assert "not the pinned hostKey" in message
+    runs = [json.loads(line) for line in log.read_text().splitlines()[already:]]
+    assert [r["status"] for r in runs if r["resource"].startswith(f"cluster-{node}-")] == [-1]
+    # No session was ever authenticated on the node: the manifest had nowhere to go.
+    journal = lab.ssh(node, f"journalctl -q --no-pager -u ssh.service --since '{since}' --until '{until}'").stdout
+    assert "Accepted publickey" not in journal, journal
+    assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
+
+
 def test_a_retention_change_reruns_only_what_depends_on_it(lab: Lab) -> None:
     stack = lab.stack()
     stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "full": 3}
@@ -306,7 +382,8 @@ def test_s3_down_for_a_while_then_back_loses_no_wal(lab: Lab) -> None:
 
 def test_a_node_unreachable_at_apply_time(lab: Lab) -> None:
     stack = copy.deepcopy(lab.stack())
-    stack["pgbackup:cluster"]["nodes"].append({"name": "pgnode9", "host": "127.0.1.9"})
+    stack["pgbackup:cluster"]["nodes"].append({"name": "pgnode9", "host": "127.0.1.9",
+                                               "hostKey": stack["pgbackup:cluster"]["nodes"][0]["hostKey"]})
     log = LAB_DIR / "driver-runs.jsonl"
     already = len(log.read_text().splitlines())
     with pytest.raises(driver.StepFailed) as failure:
