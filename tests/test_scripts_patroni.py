@@ -1,0 +1,299 @@
+"""The cluster-wide steps (stanza, archiving, verify) run under bash as rendered, against a fake `patronictl`
+first on PATH: they act on the leader only, do nothing on a replica, and fail, naming why, when the cluster
+has no leader, the DCS cannot be read, or the node is not a member. `runuser` and `sleep` are fakes too
+(every call is recorded), so nothing touches this machine and the leader wait costs no time.
+
+The member lists follow `patronictl list -f json` as Patroni 3.0 and 4.0 print it (patroni/ctl.py,
+output_members and print_output): one object per member with the keys Cluster, Member, Host, Role, State,
+TL, "Lag in MB" (4.1: Receive/Replay LSN and Lag instead) and "Pending restart" when any member has one;
+keys whose value is empty are left out. Roles are the DCS role title-cased: Leader, Standby Leader, Replica,
+Sync Standby, and from 4.0 Quorum Standby. Patroni 4 renamed master to primary in its REST API and DCS,
+but `patronictl list` still says "Leader"; a 4.x replica's State is its replication state ("streaming").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.render import TEMPLATES
+from tests.harness import Run, run_program, script_of, stack_config
+
+NODES = ("pg1", "pg2", "pg3")
+FAKES = {
+    "patronictl": r"""#!/bin/bash
+# Records its arguments; `list` answers with the next canned response (the last one repeats).
+printf 'patronictl %s\n' "$*" >>"$FAKE/calls"
+case " $* " in
+  *" list "*)
+    n=$(($(cat "$FAKE/list-count" 2>/dev/null || echo 0) + 1))
+    echo "$n" >"$FAKE/list-count"
+    last=$(cat "$FAKE/list/last")
+    [[ "$n" -le "$last" ]] || n=$last
+    if [[ -e "$FAKE/list/$n.fail" ]]; then
+      cat "$FAKE/list/$n.fail" >&2
+      exit 1
+    fi
+    cat "$FAKE/list/$n.json"
+    ;;
+  *" edit-config "*) cat >"$FAKE/edit-config.yaml" ;;
+esac
+""",
+    "runuser": r"""#!/bin/bash
+# Records its arguments; answers psql (archive_mode) and `pgbackrest info` like a healthy leader.
+printf 'runuser %s\n' "$*" >>"$FAKE/calls"
+case " $* " in
+  *" psql "*) echo on ;;
+  *" --output=json info "*) cat "$FAKE/info.json" ;;
+esac
+""",
+    "sleep": """#!/bin/bash
+printf 'sleep %s\\n' "$*" >>"$FAKE/calls"
+""",
+}
+INFO = [{"name": "main", "status": {"code": 0, "message": "ok"},
+         "backup": [{"label": "20261122-020000F", "type": "full", "database": {"id": 1, "repo-key": 1}}]}]
+
+
+def member_list(version: str, roles: dict[str, str], pending: tuple[str, ...] = ()) -> str:
+    """`patronictl list -f json` of a cluster whose members have `roles`, as Patroni `version` prints it."""
+    rows = []
+    for i, (name, role) in enumerate(roles.items(), start=1):
+        leads = role in ("Leader", "Standby Leader")
+        state = "running" if leads or version == "3" else "streaming"
+        row: dict[str, Any] = {"Cluster": "main", "Member": name, "Host": f"10.0.0.{i}", "Role": role,
+                               "State": state, "TL": 3}
+        if version == "4.1":
+            row.update({"Receive LSN": "0/5000060", "Replay LSN": "0/5000060"})
+            if not leads:
+                row.update({"Receive Lag": 0, "Replay Lag": 0})
+        elif not leads:
+            row["Lag in MB"] = 0
+        if name in pending:
+            row["Pending restart"] = "*"
+        rows.append(row)
+    return json.dumps(rows)
+
+
+VERSIONS = {
+    # Patroni version -> the roles of a healthy cluster led by pg1.
+    "3": {"pg1": "Leader", "pg2": "Replica", "pg3": "Sync Standby"},
+    "4.0": {"pg1": "Leader", "pg2": "Quorum Standby", "pg3": "Replica"},
+    "4.1": {"pg1": "Leader", "pg2": "Sync Standby", "pg3": "Replica"},
+}
+LEADERLESS = {"pg1": "Replica", "pg2": "Replica", "pg3": "Replica"}
+DCS_DOWN = "patroni.dcs.etcd3.Etcd3Error: etcd3 connection to 127.0.0.1:2379 refused"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    calls: list[str]
+
+    def called(self, prefix: str) -> list[str]:
+        return [c for c in self.calls if c.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def patroni_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("patroni") / "patroni.yml"
+    path.write_text("scope: main\nname: pg1\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(patroni_config: Path) -> Run:
+    nodes = [{"name": n, "host": f"{n}.example.net"} for n in NODES]
+    return run_program(stack_config(cluster={"stanza": "main", "patroniConfig": str(patroni_config),
+                                             "nodes": nodes}))
+
+
+def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence[str | Exception],
+             wait: int | None = 4) -> Result:
+    """Runs the rendered `step` of `node` as pgbackup does (`bash -c <script> pgbackup-<step>`); patronictl's
+    n-th `list` prints responses[n] (an Exception: fails with its text on stderr), the last one repeating."""
+    fake = tmp_path / "fake"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "list").mkdir()
+    for name, text in FAKES.items():
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    for i, response in enumerate(responses, start=1):
+        if isinstance(response, Exception):
+            (fake / "list" / f"{i}.fail").write_text(f"{response}\n")
+        else:
+            (fake / "list" / f"{i}.json").write_text(response + "\n")
+    (fake / "list" / "last").write_text(str(len(responses)))
+    (fake / "info.json").write_text(json.dumps(INFO))
+    (fake / "calls").touch()
+    env = {"PATH": os.pathsep.join([str(fake / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "FAKE": str(fake), "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
+    if wait is not None:
+        env["PGBACKUP_LEADER_WAIT"] = str(wait)
+    script = script_of(run.named(f"cluster-{node}-{step}"))
+    result = subprocess.run(["bash", "-c", script, f"pgbackup-{step}"], capture_output=True, text=True,
+                            env=env, timeout=60, check=False)
+    return Result(result.returncode, result.stdout, result.stderr, (fake / "calls").read_text().splitlines())
+
+
+def pgbackrest_calls(result: Result) -> list[str]:
+    return [c for c in result.called("runuser") if "pgbackrest" in c]
+
+
+# -- a healthy cluster -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_the_leader_creates_the_stanza(run: Run, tmp_path: Path, version: str) -> None:
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list(version, VERSIONS[version])])
+    assert result.returncode == 0, result.stderr
+    assert pgbackrest_calls(result) == [
+        "runuser -u postgres -- env --chdir=/ pgbackrest --stanza=main --log-level-console=warn stanza-create"]
+    assert "role=leader: stanza main ready" in result.stdout
+    assert result.called("sleep") == []
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))  # pg2 is a Replica, Quorum Standby, Sync Standby
+@pytest.mark.parametrize("step", ["stanza", "archiving", "verify"])
+def test_a_replica_does_nothing_and_succeeds(run: Run, tmp_path: Path, version: str, step: str) -> None:
+    result = run_step(run, tmp_path, "pg2", step, [member_list(version, VERSIONS[version])])
+    assert result.returncode == 0, result.stderr
+    assert result.called("runuser") == []
+    assert [c for c in result.called("patronictl") if " list " not in f"{c} "] == []  # no edit-config, restart
+    assert "role=replica: the leader (pg1)" in result.stdout + result.stderr
+    if step == "verify":
+        assert json.loads(result.stdout) == {"node": "pg2", "role": "replica", "info": None}
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_the_leader_sets_archiving_and_restarts_pending_members(
+        run: Run, tmp_path: Path, version: str, patroni_config: Path) -> None:
+    roles = VERSIONS[version]
+    responses = [member_list(version, roles),                             # the role
+                 member_list(version, roles, pending=("pg1", "pg3")),     # the replica restarts first
+                 member_list(version, roles, pending=("pg1",)),           # pg3 healthy again
+                 member_list(version, roles, pending=("pg1",)),           # the leader's turn
+                 member_list(version, roles)]                             # pg1 healthy, nothing pending
+    result = run_step(run, tmp_path, "pg1", "archiving", responses)
+    assert result.returncode == 0, result.stderr
+    prefix = f"patronictl -c {patroni_config} "
+    assert [c.removeprefix(prefix) for c in result.called("patronictl")] == [
+        "list -f json", "edit-config --force --quiet --apply -",
+        "list -f json", "restart main pg3 --pending --force", "list -f json",
+        "list -f json", "restart main pg1 --pending --force", "list -f json",
+        "list -f json"]
+    applied = yaml.safe_load((tmp_path / "fake" / "edit-config.yaml").read_text())  # from stdin
+    assert applied["postgresql"]["parameters"]["archive_mode"] == "on"
+    assert "role=leader: archiving configured" in result.stdout
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_the_leader_verifies(run: Run, tmp_path: Path, version: str) -> None:
+    result = run_step(run, tmp_path, "pg1", "verify", [member_list(version, VERSIONS[version])])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO}
+    assert [c.split(" pgbackrest ")[1] for c in pgbackrest_calls(result)] == [
+        "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info"]
+
+
+def test_a_leader_that_appears_during_the_wait_is_found(run: Run, tmp_path: Path) -> None:
+    responses: list[str | Exception] = [member_list("4.0", LEADERLESS), Exception(DCS_DOWN),
+                                        member_list("4.0", VERSIONS["4.0"])]
+    result = run_step(run, tmp_path, "pg1", "stanza", responses, wait=10)
+    assert result.returncode == 0, result.stderr
+    assert len(result.called("patronictl")) == 3
+    assert result.called("sleep") == ["sleep 2"] * 2
+    assert len(pgbackrest_calls(result)) == 1
+
+
+# -- what must fail ------------------------------------------------------------------------------------------
+
+
+def assert_failed_without_acting(result: Result, node: str, step: str, message: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert f"pgbackup: step {step} on node {node}: {message}" in result.stderr
+    assert result.called("runuser") == []
+    assert [c for c in result.called("patronictl") if " list " not in f"{c} "] == []
+    assert not re.search(r"role=", result.stdout)
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+@pytest.mark.parametrize("node", ["pg1", "pg2"])
+@pytest.mark.parametrize("step", ["stanza", "archiving", "verify"])
+def test_no_leader_fails_after_the_wait(run: Run, tmp_path: Path, version: str, node: str, step: str) -> None:
+    result = run_step(run, tmp_path, node, step, [member_list(version, LEADERLESS)], wait=4)
+    members = "pg1 Replica {0}, pg2 Replica {0}, pg3 Replica {0}".format("running" if version == "3" else "streaming")
+    assert_failed_without_acting(result, node, step, f"the Patroni cluster has no leader (members: {members}); "
+                                                     "still so after waiting 4 s")
+    assert len(result.called("patronictl")) == 3
+    assert result.called("sleep") == ["sleep 2"] * 2
+
+
+def test_the_default_wait_is_two_minutes_then_fails(run: Run, tmp_path: Path) -> None:
+    result = run_step(run, tmp_path, "pg2", "stanza", [member_list("3", LEADERLESS)], wait=None)
+    assert_failed_without_acting(result, "pg2", "stanza", "the Patroni cluster has no leader")
+    assert "still so after waiting 120 s" in result.stderr
+    assert result.called("sleep") == ["sleep 2"] * 60
+    assert len(result.called("patronictl")) == 61
+
+
+@pytest.mark.parametrize("step", ["stanza", "archiving", "verify"])
+def test_an_unreachable_dcs_fails_naming_it(run: Run, tmp_path: Path, step: str, patroni_config: Path) -> None:
+    result = run_step(run, tmp_path, "pg1", step, [Exception(DCS_DOWN)], wait=2)
+    assert_failed_without_acting(
+        result, "pg1", step, f"cannot read the Patroni cluster: patronictl -c {patroni_config} list exited 1 "
+                             f"({DCS_DOWN}); is the DCS reachable from this node?; still so after waiting 2 s")
+    assert len(result.called("patronictl")) == 2
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+@pytest.mark.parametrize("step", ["stanza", "archiving", "verify"])
+def test_a_node_that_is_not_a_member_fails_naming_it(run: Run, tmp_path: Path, version: str, step: str) -> None:
+    roles = {"pg2": "Leader", "pg3": "Replica"}
+    result = run_step(run, tmp_path, "pg1", step, [member_list(version, roles)])
+    assert_failed_without_acting(result, "pg1", step, "no Patroni member is named pg1 (members: pg2, pg3): "
+                                                      "node names must be the Patroni member names")
+    assert result.called("sleep") == []  # at once: waiting does not make a node a member
+
+
+def test_a_standby_cluster_fails_naming_its_standby_leader(run: Run, tmp_path: Path) -> None:
+    roles = {"pg1": "Standby Leader", "pg2": "Replica", "pg3": "Replica"}
+    result = run_step(run, tmp_path, "pg2", "stanza", [member_list("4.0", roles)])
+    assert_failed_without_acting(result, "pg2", "stanza", "the Patroni cluster is a standby cluster "
+                                                          "(pg1 is its Standby Leader)")
+
+
+def test_output_that_is_not_a_member_list_fails(run: Run, tmp_path: Path, patroni_config: Path) -> None:
+    result = run_step(run, tmp_path, "pg1", "stanza", ['{"error": "no cluster"}'])
+    assert_failed_without_acting(result, "pg1", "stanza", f"patronictl -c {patroni_config} list -f json printed "
+                                                          'no member list: {"error": "no cluster"}')
+
+
+# -- the mechanism ------------------------------------------------------------------------------------------
+
+
+def test_a_failure_inside_a_command_substitution_ends_the_script(run: Run) -> None:
+    """Every step's header turns set -e on inside $(...), where bash would otherwise ignore a failure."""
+    header = script_of(run.named("cluster-pg1-stanza")).split("readonly PATRONI_CONFIG")[0]
+    result = subprocess.run(["bash", "-c", header + 'x=$(false; echo after)\necho "x=${x}"\n'],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert "x=" not in result.stdout
+    assert "step stanza failed on node pg1" in result.stderr
+
+
+def test_no_template_calls_a_patroni_helper_inside_a_command_substitution() -> None:
+    for path in sorted((TEMPLATES / "scripts").glob("*.j2")):
+        assert not re.search(r"\$\(\s*(patroni_|as_postgres\b.*\bpatroni)", path.read_text()), path.name
