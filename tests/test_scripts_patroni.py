@@ -29,7 +29,6 @@ import yaml
 from components.render import TEMPLATES
 from tests.harness import Run, run_program, script_of, stack_config
 
-NODES = ("pg1", "pg2", "pg3")
 FAKES = {
     "patronictl": r"""#!/bin/bash
 # Records its arguments; `list` answers with the next canned response (the last one repeats).
@@ -115,9 +114,9 @@ def patroni_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(patroni_config: Path) -> Run:
-    nodes = [{"name": n, "host": f"{n}.example.net"} for n in NODES]
-    return run_program(stack_config(cluster={"stanza": "main", "patroniConfig": str(patroni_config),
-                                             "nodes": nodes}))
+    config = stack_config()  # nodes pg1, pg2, pg3; stanza main
+    config["cluster"]["patroniConfig"] = str(patroni_config)
+    return run_program(config)
 
 
 def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence[str | Exception],
