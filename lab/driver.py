@@ -217,11 +217,14 @@ def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def s3_shape(value: Any) -> Any:
-    """pulumi-aws inputs (camelCase) in the S3 API's shape (PascalCase, `id` as `ID`)."""
+    """pulumi-aws inputs (camelCase) in the S3 API's shape (PascalCase, `id` as `ID`, whole numbers as int: the
+    engine passes every number as a float)."""
     if isinstance(value, dict):
         return {("ID" if k == "id" else k[:1].upper() + k[1:]): s3_shape(v) for k, v in value.items()}
     if isinstance(value, list):
         return [s3_shape(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 

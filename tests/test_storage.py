@@ -20,7 +20,8 @@ from moto.core.authorization import ActionAuthenticatorMixin
 
 from components.config import ConfigError, parse_settings
 from components.storage import repository_policy
-from tests.harness import stack_config
+from lab.driver import s3_shape
+from tests.harness import run_program, stack_config
 
 BUCKET, PREFIX = "pg-backups", "repo"
 WAL = f"{PREFIX}/archive/main/15-1/000000010000000000000001"
@@ -125,3 +126,20 @@ def test_the_same_calls_succeed_with_a_key_allowed_to_remove_versions(scoped_s3:
 
     versions = admin.list_object_versions(Bucket=BUCKET, Prefix=PREFIX).get("Versions", [])
     assert [v["VersionId"] for v in versions] == []
+
+
+def test_the_lifecycle_rule_as_the_lab_driver_puts_it_is_accepted_by_s3() -> None:
+    """The program's BucketLifecycleConfiguration, sent by the lab driver as pulumi-aws would: S3 takes it and
+    gives back one rule for the repository prefix with the configured days."""
+    rules = run_program(stack_config(storage={**stack_config()["storage"], "repoPath": "/repo",
+                                              "noncurrentVersionDays": 45})).named("repository-lifecycle").inputs["rules"]
+    with mock_aws():
+        s3 = _client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": s3_shape(rules)})
+        (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert rule["ID"] == "pgbackup-repo"
+    assert rule["Filter"] == {"Prefix": "repo/"}
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 45
+    assert rule["Expiration"] == {"ExpiredObjectDeleteMarker": True}
