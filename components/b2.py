@@ -27,13 +27,26 @@ BUCKET_TYPE = "allPrivate"
 
 # What pgBackRest needs through B2's S3-compatible API, and no more. pgBackRest (src/storage/s3/storage.c)
 # only issues object-level requests: ListObjectsV2 on the repo prefix (listFiles), HEAD/GET object
-# (readFiles), PUT and multipart upload (writeFiles), DeleteObjects/DeleteObject (writeFiles to delete by
-# name, deleteFiles for versions). B2's "S3-Compatible App Keys" page
-# (https://www.backblaze.com/docs/cloud-storage-s3-compatible-app-keys) maps `listBuckets` to the S3
-# ListBuckets and HeadBucket calls, which pgBackRest never makes; the same page recommends
-# `listAllBucketNames` for bucket-restricted keys only "for compatibility with SDKs and integrations" that
-# list buckets. So neither is granted by default; pass `capabilities` explicitly to add them.
-DEFAULT_KEY_CAPABILITIES: tuple[str, ...] = ("listFiles", "readFiles", "writeFiles", "deleteFiles")
+# (readFiles), PUT and multipart upload (writeFiles), and deletes BY NAME: DeleteObject without a versionId
+# and DeleteObjects whose entries carry only a Key. B2's "S3-Compatible App Keys" page
+# (https://www.backblaze.com/docs/cloud-storage-s3-compatible-app-keys): "The writeFiles permission is
+# necessary when you delete a file by name, and the deleteFiles permission is required when you delete a
+# specific version"; B2's "S3 Delete Object" (https://www.backblaze.com/apidocs/s3-delete-object): without a
+# versionId "a delete marker will be inserted" (a hide marker), with one "an object will be permanently
+# deleted". So the key gets no `deleteFiles`: it can hide a file, never remove a version; hidden versions
+# go only by the bucket's lifecycle rule (`daysFromHidingToDeleting`). The same page maps `listBuckets` to
+# S3 ListBuckets/HeadBucket, which pgBackRest never makes, and recommends `listAllBucketNames` only "for
+# compatibility with SDKs and integrations": neither is granted by default; pass `capabilities` to add them.
+DEFAULT_KEY_CAPABILITIES: tuple[str, ...] = ("listFiles", "readFiles", "writeFiles")
+
+# Every capability the node's key may be given. Anything else can destroy or unprotect the backups
+# (https://www.backblaze.com/docs/cloud-storage-application-key-capabilities): `deleteFiles` removes file
+# versions for good, `writeBuckets` rewrites the lifecycle rules, `writeKeys` makes keys with any capability,
+# `bypassGovernance` and the retention/legal-hold writes lift object lock.
+ALLOWED_KEY_CAPABILITIES: frozenset[str] = frozenset(
+    (*DEFAULT_KEY_CAPABILITIES, "listBuckets", "listAllBucketNames", "readBuckets", "readBucketEncryption",
+     "readFileRetentions", "readFileLegalHolds", "readBucketRetentions")
+)
 
 # B2 naming rules (b2_create_bucket / b2_create_key documentation).
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9-]{6,63}$")
@@ -93,24 +106,46 @@ def _is_known(value: Any) -> bool:
 # --- bucket ---------------------------------------------------------------------------------------
 
 
-def _lifecycle_rules(days: int) -> list[LifecycleRule]:
-    """One rule on the whole bucket: a version hidden by a delete is removed `days` later."""
-    return [{"fileNamePrefix": "", "daysFromHidingToDeleting": days, "daysFromUploadingToHiding": None}]
+def _rule(prefix: str, days: int) -> LifecycleRule:
+    """The repository's rule: a version hidden (by a delete by name or a newer upload) under `prefix` is
+    removed `days` later. Nothing is ever hidden by the rule itself."""
+    return {"fileNamePrefix": prefix, "daysFromHidingToDeleting": days, "daysFromUploadingToHiding": None}
 
 
-def _days_from_rules(rules: Any) -> int | None:
-    """The retention days if `rules` are exactly the rules this resource sets, else None (drift)."""
-    if not isinstance(rules, list) or len(rules) != 1 or not isinstance(rules[0], dict):
+def _set(rule: Any) -> dict[str, Any]:
+    return {k: v for k, v in rule.items() if v is not None} if isinstance(rule, dict) else {}
+
+
+def _merged_rules(existing: Any, prefix: str, days: int, drop: Any = None) -> list[LifecycleRule]:
+    """B2 keeps one bucket-wide list of rules: keep every rule for other prefixes, replace ours (and `drop`, a
+    rule this resource set before, e.g. under a former prefix) by the repository's rule."""
+    dropped = _set(drop)
+    kept = [r for r in existing or [] if r.get("fileNamePrefix") != prefix and (not dropped or _set(r) != dropped)]
+    return [*kept, _rule(prefix, days)]
+
+
+def _days_from_rules(rules: Any, prefix: str) -> int | None:
+    """The retention days if `rules` hold exactly the rule this resource sets for `prefix`, else None (drift)."""
+    for rule in rules if isinstance(rules, list) else []:
+        found = _set(rule)
+        days = found.get("daysFromHidingToDeleting")
+        if found.get("fileNamePrefix") == prefix and isinstance(days, int) and found == _set(_rule(prefix, days)):
+            return days
+    return None
+
+
+def _former_rule(olds: dict[str, Any]) -> LifecycleRule | None:
+    """The rule this resource set in its last state: for its prefix, or bucket-wide before it had a prefix."""
+    days = _plain(olds.get("hidden_file_retention_days"))
+    if not isinstance(days, (int, float)):
         return None
-    rule = {k: v for k, v in rules[0].items() if v is not None}
-    days = rule.get("daysFromHidingToDeleting")
-    if not isinstance(days, int) or rule != {"fileNamePrefix": "", "daysFromHidingToDeleting": days}:
-        return None
-    return days
+    prefix = _plain(olds.get("file_name_prefix"))
+    return _rule(prefix if isinstance(prefix, str) else "", int(days))
 
 
-def _bucket_outputs(bucket_id: str, bucket_name: str, days: int | None) -> dict[str, Any]:
-    return {"bucket_id": bucket_id, "bucket_name": bucket_name, "hidden_file_retention_days": days}
+def _bucket_outputs(bucket_id: str, bucket_name: str, prefix: str, days: int | None) -> dict[str, Any]:
+    return {"bucket_id": bucket_id, "bucket_name": bucket_name, "file_name_prefix": prefix,
+            "hidden_file_retention_days": days}
 
 
 class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
@@ -128,27 +163,37 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         days = _plain(news.get("hidden_file_retention_days"))
         if _is_known(days) and not (isinstance(days, (int, float)) and float(days).is_integer() and days >= 1):
             failures.append(pulumi.dynamic.CheckFailure("hidden_file_retention_days", "expected an integer >= 1"))
+        prefix = _plain(news.get("file_name_prefix"))
+        if _is_known(prefix) and not (isinstance(prefix, str) and prefix.endswith("/") and not prefix.startswith("/")):
+            failures.append(
+                pulumi.dynamic.CheckFailure(
+                    "file_name_prefix",
+                    "expected the repository's prefix such as 'pgbackrest/' (no leading '/', a trailing '/'): "
+                    "the lifecycle rule is never bucket-wide",
+                )
+            )
         return pulumi.dynamic.CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         name = str(_plain(props["bucket_name"]))
+        prefix = str(_plain(props["file_name_prefix"]))
         days = int(_plain(props["hidden_file_retention_days"]))
-        rules = _lifecycle_rules(days)
         api = _make_api()
         with _b2_errors(f"lookup of bucket '{name}'"):
             existing = api.list_buckets(bucket_name=name)
         if existing:
             bucket = existing[0]
+            rules = _merged_rules(bucket.lifecycle_rules, prefix, days)
             with _b2_errors(f"update of existing bucket '{name}'"):
                 bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules)
             pulumi.log.info(
                 f"B2 bucket '{name}' ({bucket.id_}) already exists in this account: adopted it, set it "
-                f"{BUCKET_TYPE} (was {bucket.type_}) and replaced its lifecycle rules {bucket.lifecycle_rules!r} "
-                f"with {rules!r}"
+                f"{BUCKET_TYPE} (was {bucket.type_}) and set the lifecycle rule for '{prefix}' "
+                f"(rules were {bucket.lifecycle_rules!r}, now {rules!r})"
             )
-            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, days))
+            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days))
         try:
-            bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=rules)
+            bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=[_rule(prefix, days)])
         except DuplicateBucketName as exc:
             raise B2ProviderError(
                 f"B2 creation of bucket '{name}' failed: the name is taken, and not by this account "
@@ -157,7 +202,7 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         except B2Error as exc:
             raise B2ProviderError(f"B2 creation of bucket '{name}' failed: {type(exc).__name__}: {exc}") from exc
         pulumi.log.info(f"B2 bucket '{name}' ({bucket.id_}) created, {BUCKET_TYPE}")
-        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, days))
+        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         replaces = []
@@ -168,18 +213,25 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         days_changed = not (
             isinstance(old_days, (int, float)) and isinstance(new_days, (int, float)) and old_days == new_days
         )
+        old_prefix, new_prefix = _plain(olds.get("file_name_prefix")), _plain(news.get("file_name_prefix"))
+        prefix_changed = not (isinstance(new_prefix, str) and old_prefix == new_prefix)
         return pulumi.dynamic.DiffResult(
-            changes=bool(replaces) or days_changed, replaces=replaces, delete_before_replace=False
+            changes=bool(replaces) or days_changed or prefix_changed, replaces=replaces, delete_before_replace=False
         )
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
         name = str(_plain(news["bucket_name"]))
+        prefix = str(_plain(news["file_name_prefix"]))
         days = int(_plain(news["hidden_file_retention_days"]))
         api = _make_api()
-        with _b2_errors(f"update of the lifecycle rules of bucket '{name}' ({id_})"):
-            bucket = api.get_bucket_by_id(id_)
-            bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=_lifecycle_rules(days))
-        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, days))
+        what = f"update of the lifecycle rules of bucket '{name}' ({id_})"
+        with _b2_errors(what):
+            found = api.list_buckets(bucket_id=id_)
+            if not found:
+                raise B2ProviderError(f"B2 {what} failed: the bucket is gone (run `pulumi refresh`)")
+            rules = _merged_rules(found[0].lifecycle_rules, prefix, days, drop=_former_rule(olds))
+            found[0].update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules)
+        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, prefix, days))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         api = _make_api()
@@ -188,8 +240,9 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         if not found:
             return pulumi.dynamic.ReadResult("", {})
         bucket = found[0]
+        prefix = str(_plain(props.get("file_name_prefix")) or "")
         return pulumi.dynamic.ReadResult(
-            id_, _bucket_outputs(bucket.id_, str(bucket.name), _days_from_rules(bucket.lifecycle_rules))
+            id_, _bucket_outputs(bucket.id_, str(bucket.name), prefix, _days_from_rules(bucket.lifecycle_rules, prefix))
         )
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -223,6 +276,16 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
         caps = _plain(news.get("capabilities"))
         if isinstance(caps, list) and not caps:
             failures.append(pulumi.dynamic.CheckFailure("capabilities", "at least one capability is needed"))
+        refused = sorted({c for c in _capability_list(caps) if c not in ALLOWED_KEY_CAPABILITIES}) \
+            if isinstance(caps, list) and all(isinstance(_plain(c), str) for c in caps) else []
+        if refused:
+            failures.append(
+                pulumi.dynamic.CheckFailure(
+                    "capabilities",
+                    f"refused: {', '.join(refused)} (the node's key must not be able to remove file versions, "
+                    f"change the bucket or make keys); allowed: {', '.join(sorted(ALLOWED_KEY_CAPABILITIES))}",
+                )
+            )
         return pulumi.dynamic.CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
@@ -293,10 +356,12 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
 
 @dataclass
 class B2BucketArgs:
-    """Inputs of `B2Bucket`."""
+    """Inputs of `B2Bucket`. `file_name_prefix` is the repository's prefix ('pgbackrest/'): the lifecycle rule
+    the bucket gets applies to it only; other rules of an adopted bucket are kept."""
 
     bucket_name: pulumi.Input[str]
-    hidden_file_retention_days: pulumi.Input[int] = 1
+    file_name_prefix: pulumi.Input[str]
+    hidden_file_retention_days: pulumi.Input[int] = 30
 
 
 @dataclass
@@ -312,15 +377,18 @@ class B2ApplicationKeyArgs:
 
 
 class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
-    """A private B2 bucket (adopted if it already exists). Never deleted by Pulumi: it holds the backups."""
+    """A private B2 bucket (adopted if it already exists) whose versions hidden under the repository's prefix are
+    removed `hidden_file_retention_days` later. Never deleted by Pulumi: it holds the backups."""
 
     bucket_id: pulumi.Output[str]
     bucket_name: pulumi.Output[str]
+    file_name_prefix: pulumi.Output[str]
     hidden_file_retention_days: pulumi.Output[int]
 
     def __init__(self, resource_name: str, args: B2BucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         props = {
             "bucket_name": args.bucket_name,
+            "file_name_prefix": args.file_name_prefix,
             "hidden_file_retention_days": args.hidden_file_retention_days,
             "bucket_id": None,
         }

@@ -148,9 +148,20 @@ class StorageConfig(_Model):
     verify_tls: bool = Field(default=True, description="Verify the endpoint's TLS certificate")
     ca_cert: str | None = Field(default=None, description="PEM of a private CA for the endpoint")
     create: bool = Field(default=True, description="Create bucket and key (false: use existing ones)")
-    hidden_version_days: int = Field(
-        default=1, ge=1, le=3650, description="Days a version hidden by a delete is kept (b2 lifecycle)"
+    noncurrent_version_days: int = Field(
+        default=30, ge=1, le=3650,
+        description="Days a deleted or overwritten version is kept before the provider's lifecycle rule removes it",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "hiddenVersionDays" in data:
+            raise ValueError(
+                "hiddenVersionDays: replaced by noncurrentVersionDays (days a deleted or overwritten version is kept, "
+                "on every provider; default 30): rename the key"
+            )
+        return data
 
     @field_validator("bucket")
     @classmethod

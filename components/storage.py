@@ -23,6 +23,12 @@ _IAM_ENDPOINTS: dict[str, tuple[str, str]] = {"wasabi": ("https://iam.wasabisys.
 
 # What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
 # Versions: pgBackRest reads a specific version of a file on restore (repo-target-time) and tags objects.
+# Deletes: pgBackRest (src/storage/s3/storage.c) deletes BY NAME only, DeleteObject without a versionId and
+# DeleteObjects whose entries carry only a Key. On a versioned bucket that only adds a delete marker: "If
+# bucket versioning is enabled, the operation inserts a delete marker ... To permanently delete an object in a
+# versioned bucket, you must include the object's versionId in the request", which needs
+# s3:DeleteObjectVersion (https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObject.html). Wasabi's
+# and MinIO's IAM take the same policy language.
 S3_OBJECT_ACTIONS = [
     "s3:GetObject",
     "s3:GetObjectVersion",
@@ -33,9 +39,23 @@ S3_OBJECT_ACTIONS = [
     "s3:ListMultipartUploadParts",
 ]
 
+# Denied outright, on the whole bucket: removing versions for good, and turning off what keeps them
+# (versioning, the lifecycle rule, object lock). An explicit Deny, not only the absence of an Allow: MinIO lets
+# s3:DeleteObject delete a specific version too unless s3:DeleteObjectVersion is explicitly denied
+# (https://github.com/minio/minio/pull/16409, "enforce deny on DeleteVersionAction"); on AWS and Wasabi a Deny
+# also wins over any Allow the user is given later.
+S3_DENIED_ACTIONS = [
+    "s3:DeleteObjectVersion",
+    "s3:DeleteObjectVersionTagging",
+    "s3:PutBucketVersioning",
+    "s3:PutLifecycleConfiguration",
+    "s3:BypassGovernanceRetention",
+]
+
 
 def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
-    """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`."""
+    """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`, and denying
+    every way to remove a version for good."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -52,8 +72,19 @@ def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
                 "Action": S3_OBJECT_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
             },
+            {
+                "Sid": "NeverRemoveVersions",
+                "Effect": "Deny",
+                "Action": S3_DENIED_ACTIONS,
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            },
         ],
     }
+
+
+def lifecycle_rule_id(storage: StorageConfig) -> str:
+    """The id of the one lifecycle rule the program sets on an S3-compatible bucket."""
+    return f"pgbackup-{storage.key_prefix}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +99,8 @@ Backend = Callable[["BackupRepository", str, StorageConfig, str], Credentials]
 def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
     bucket = B2Bucket(
         f"{name}-bucket",
-        B2BucketArgs(bucket_name=storage.bucket, hidden_file_retention_days=storage.hidden_version_days),
+        B2BucketArgs(bucket_name=storage.bucket, file_name_prefix=f"{storage.key_prefix}/",
+                     hidden_file_retention_days=storage.noncurrent_version_days),
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=False),
     )
     key = B2ApplicationKey(
@@ -106,11 +138,30 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
         force_destroy=False,
         opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True),
     )
-    aws.s3.BucketVersioning(
+    versioning = aws.s3.BucketVersioning(
         f"{name}-versioning",
         bucket=bucket.id,
         versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
         opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True),
+    )
+    # S3's lifecycle configuration is one document per bucket: this is the bucket the program created, and its
+    # one rule is limited to the repository's prefix. Noncurrent versions (deleted or overwritten by pgBackRest)
+    # go after noncurrentVersionDays; a delete marker goes once no version is left behind it.
+    aws.s3.BucketLifecycleConfiguration(
+        f"{name}-lifecycle",
+        bucket=bucket.id,
+        rules=[
+            aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id=lifecycle_rule_id(storage),
+                status="Enabled",
+                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=f"{storage.key_prefix}/"),
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                    noncurrent_days=storage.noncurrent_version_days
+                ),
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(expired_object_delete_marker=True),
+            )
+        ],
+        opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True, depends_on=[versioning]),
     )
     user = aws.iam.User(f"{name}-user", name=key_name, opts=pulumi.ResourceOptions(parent=parent, provider=iam))
     aws.iam.UserPolicy(
@@ -140,11 +191,27 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
         force_destroy=False,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
     )
-    minio.S3BucketVersioning(
+    versioning = minio.S3BucketVersioning(
         f"{name}-versioning",
         bucket=bucket.bucket,
         versioning_configuration=minio.S3BucketVersioningVersioningConfigurationArgs(status="Enabled"),
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
+    )
+    # As for S3: the created bucket's one rule, limited to the repository's prefix ("DeleteMarker": expired
+    # delete markers go too).
+    minio.IlmPolicy(
+        f"{name}-lifecycle",
+        bucket=bucket.bucket,
+        rules=[
+            minio.IlmPolicyRuleArgs(
+                id=lifecycle_rule_id(storage),
+                status="Enabled",
+                filter=f"{storage.key_prefix}/",
+                noncurrent_version_expiration_days=storage.noncurrent_version_days,
+                expiration="DeleteMarker",
+            )
+        ],
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True, depends_on=[versioning]),
     )
     password = random.RandomPassword(
         f"{name}-secret", length=40, special=False, opts=pulumi.ResourceOptions(parent=parent)

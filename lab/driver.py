@@ -6,8 +6,8 @@ which registering a resource really makes it:
 - `command:remote:Command` runs its `create` (or `update`, or `delete` then `create` on a trigger change)
   over SSH with its stdin, as pulumi-command does, and returns the real stdout. A step whose inputs have not
   changed since the last successful run is not run again, as with Pulumi's own diff;
-- the S3 resources (bucket, versioning, IAM user, policy, access key) are created in the lab's S3 through the
-  endpoints of the program's own aws provider;
+- the S3 resources (bucket, versioning, lifecycle rule, IAM user, policy, access key) are created in the lab's
+  S3 through the endpoints of the program's own aws provider;
 - random passwords and the pulumi-tls keys and certificates are generated for real (cryptography).
 
 What a real `pulumi up` keeps in its state (ids, generated secrets, inputs of the last run) the driver keeps
@@ -216,6 +216,18 @@ def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
     raise NotImplementedError(typ)
 
 
+def s3_shape(value: Any) -> Any:
+    """pulumi-aws inputs (camelCase) in the S3 API's shape (PascalCase, `id` as `ID`, whole numbers as int: the
+    engine passes every number as a float)."""
+    if isinstance(value, dict):
+        return {("ID" if k == "id" else k[:1].upper() + k[1:]): s3_shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [s3_shape(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- engine
 
 
@@ -329,6 +341,11 @@ class LabEngine(pulumi.runtime.Mocks):
             status = inputs["versioningConfiguration"]["status"]
             self.boto("s3", args.provider).put_bucket_versioning(
                 Bucket=inputs["bucket"], VersioningConfiguration={"Status": status})
+            outputs = {"id": inputs["bucket"]}
+        elif typ == "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration":
+            # As pulumi-aws does: PutBucketLifecycleConfiguration with the rules declared (the whole document).
+            self.boto("s3", args.provider).put_bucket_lifecycle_configuration(
+                Bucket=inputs["bucket"], LifecycleConfiguration={"Rules": s3_shape(inputs["rules"])})
             outputs = {"id": inputs["bucket"]}
         elif typ == "aws:iam/user:User":
             iam = self.boto("iam", args.provider)

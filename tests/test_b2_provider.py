@@ -20,8 +20,16 @@ from pulumi.runtime import settings as pulumi_settings
 
 from components import b2
 
-PGBACKREST_CAPS = ["listFiles", "readFiles", "writeFiles", "deleteFiles"]
-HIDDEN_RULE_1_DAY = [{"fileNamePrefix": "", "daysFromHidingToDeleting": 1, "daysFromUploadingToHiding": None}]
+PGBACKREST_CAPS = ["listFiles", "readFiles", "writeFiles"]
+
+
+def repo_rule(days: int, prefix: str = "pgbackrest/") -> dict[str, Any]:
+    return {"fileNamePrefix": prefix, "daysFromHidingToDeleting": days, "daysFromUploadingToHiding": None}
+
+
+# What pgbackup set before it had a prefix: one rule over the whole bucket.
+LEGACY_RULE = {"fileNamePrefix": "", "daysFromHidingToDeleting": 1, "daysFromUploadingToHiding": None}
+OTHER_RULE = {"fileNamePrefix": "tmp/", "daysFromUploadingToHiding": 3, "daysFromHidingToDeleting": 3}
 SIM_CONFIG = B2HttpApiConfig(_raw_api_class=RawSimulator)
 
 
@@ -69,9 +77,9 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return messages
 
 
-def _bucket_props(name: str = "pg-backups-1", days: float = 1.0) -> dict[str, Any]:
+def _bucket_props(name: str = "pg-backups-1", days: float = 30.0, prefix: str = "pgbackrest/") -> dict[str, Any]:
     # Numbers arrive from the engine as floats.
-    return {"bucket_name": name, "hidden_file_retention_days": days}
+    return {"bucket_name": name, "file_name_prefix": prefix, "hidden_file_retention_days": days}
 
 
 def _key_props(bucket_id: str, **overrides: Any) -> dict[str, Any]:
@@ -88,23 +96,23 @@ def _key_props(bucket_id: str, **overrides: Any) -> dict[str, Any]:
 # --- bucket ---------------------------------------------------------------------------------------
 
 
-def test_bucket_create_is_private_with_hidden_version_rule(sim: Sim, logs: list[str]) -> None:
+def test_bucket_create_is_private_with_a_rule_for_the_repository_prefix(sim: Sim, logs: list[str]) -> None:
     result = b2._B2BucketProvider().create(_bucket_props())
 
     bucket = sim.bucket(result.id)
     assert bucket.name == "pg-backups-1"
     assert bucket.type_ == "allPrivate"
-    assert bucket.lifecycle_rules == HIDDEN_RULE_1_DAY
+    assert bucket.lifecycle_rules == [repo_rule(30)]
     assert type(bucket.lifecycle_rules[0]["daysFromHidingToDeleting"]) is int
-    assert result.outs == {"bucket_id": result.id, "bucket_name": "pg-backups-1", "hidden_file_retention_days": 1}
+    assert result.outs == {"bucket_id": result.id, "bucket_name": "pg-backups-1", "file_name_prefix": "pgbackrest/",
+                           "hidden_file_retention_days": 30}
     assert any("created" in m for m in logs)
 
 
-def test_bucket_create_adopts_existing_bucket(sim: Sim, logs: list[str]) -> None:
+def test_bucket_create_adopts_existing_bucket_and_keeps_its_other_rules(sim: Sim, logs: list[str]) -> None:
+    """B2 keeps one list of rules per bucket: adoption merges ours by prefix, it never replaces the list."""
     existing = sim.admin.create_bucket(
-        "pg-backups-old",
-        "allPublic",
-        lifecycle_rules=[{"fileNamePrefix": "tmp/", "daysFromUploadingToHiding": 3, "daysFromHidingToDeleting": 3}],
+        "pg-backups-old", "allPublic", lifecycle_rules=[OTHER_RULE, repo_rule(2)]
     )
     existing.upload_bytes(b"base backup", "pgbackrest/backup/db/backup.info")
 
@@ -113,9 +121,7 @@ def test_bucket_create_adopts_existing_bucket(sim: Sim, logs: list[str]) -> None
     assert result.id == existing.id_
     bucket = sim.bucket(existing.id_)
     assert bucket.type_ == "allPrivate"
-    assert bucket.lifecycle_rules == [
-        {"fileNamePrefix": "", "daysFromHidingToDeleting": 7, "daysFromUploadingToHiding": None}
-    ]
+    assert bucket.lifecycle_rules == [OTHER_RULE, repo_rule(7)]
     assert [f.file_name for f, _ in bucket.ls("pgbackrest/", recursive=True)] == ["pgbackrest/backup/db/backup.info"]
     assert any("adopted" in m and "pg-backups-old" in m for m in logs)
 
@@ -140,6 +146,14 @@ def test_bucket_diff() -> None:
     provider = b2._B2BucketProvider()
     olds = {"bucket_id": "b1", **_bucket_props("pg-backups-1", 1.0), "__provider": "x"}
 
+    moved = provider.diff("b1", olds, _bucket_props("pg-backups-1", 1.0, prefix="other/"))
+    assert moved.changes is True
+    assert moved.replaces == []
+
+    legacy = provider.diff("b1", {"bucket_name": "pg-backups-1", "hidden_file_retention_days": 1.0},
+                           _bucket_props("pg-backups-1", 1.0))
+    assert legacy.changes is True
+
     renamed = provider.diff("b1", olds, _bucket_props("pg-backups-2", 1.0))
     assert renamed.changes is True
     assert renamed.replaces == ["bucket_name"]
@@ -152,23 +166,42 @@ def test_bucket_diff() -> None:
     assert same.changes is False
     assert same.replaces == []
 
-    unknown = provider.diff("b1", olds, {"bucket_name": "pg-backups-1", "hidden_file_retention_days": Unknown()})
+    unknown = provider.diff("b1", olds, {**_bucket_props("pg-backups-1"), "hidden_file_retention_days": Unknown()})
     assert unknown.changes is True
     assert unknown.replaces == []
 
 
-def test_bucket_update_changes_lifecycle_in_place(sim: Sim) -> None:
+def test_bucket_update_changes_only_its_own_rule(sim: Sim) -> None:
     provider = b2._B2BucketProvider()
     created = provider.create(_bucket_props())
+    sim.bucket(created.id).update(lifecycle_rules=[OTHER_RULE, *sim.bucket(created.id).lifecycle_rules])
 
     updated = provider.update(created.id, created.outs or {}, _bucket_props(days=14.0))
 
-    assert updated.outs == {"bucket_id": created.id, "bucket_name": "pg-backups-1", "hidden_file_retention_days": 14}
+    assert updated.outs == {"bucket_id": created.id, "bucket_name": "pg-backups-1", "file_name_prefix": "pgbackrest/",
+                            "hidden_file_retention_days": 14}
     bucket = sim.bucket(created.id)
-    assert bucket.lifecycle_rules == [
-        {"fileNamePrefix": "", "daysFromHidingToDeleting": 14, "daysFromUploadingToHiding": None}
-    ]
+    assert bucket.lifecycle_rules == [OTHER_RULE, repo_rule(14)]
     assert bucket.type_ == "allPrivate"
+
+    provider.update(created.id, updated.outs or {}, _bucket_props(days=14.0, prefix="elsewhere/"))
+    assert sim.bucket(created.id).lifecycle_rules == [OTHER_RULE, repo_rule(14, "elsewhere/")]
+
+
+def test_bucket_update_from_a_bucket_wide_rule_narrows_it_to_the_prefix(sim: Sim) -> None:
+    """A stack deployed before the prefix existed had one rule over the whole bucket (1 day): the update removes
+    that rule and sets the repository's, leaving the bucket's other rules alone."""
+    bucket = sim.admin.create_bucket("pg-backups-1", "allPrivate", lifecycle_rules=[LEGACY_RULE, OTHER_RULE])
+    olds = {"bucket_id": bucket.id_, "bucket_name": "pg-backups-1", "hidden_file_retention_days": 1}
+
+    b2._B2BucketProvider().update(bucket.id_, olds, _bucket_props())
+
+    assert sim.bucket(bucket.id_).lifecycle_rules == [OTHER_RULE, repo_rule(30)]
+
+
+def test_bucket_update_of_a_vanished_bucket_fails_clearly(sim: Sim) -> None:
+    with pytest.raises(b2.B2ProviderError, match="the bucket is gone"):
+        b2._B2BucketProvider().update("no-such-bucket", _bucket_props(), _bucket_props())
 
 
 def test_bucket_delete_keeps_bucket_and_files(sim: Sim, logs: list[str]) -> None:
@@ -192,7 +225,7 @@ def test_bucket_read_reports_drift_and_disappearance(sim: Sim) -> None:
 
     assert provider.read(created.id, outs).outs == outs
 
-    sim.bucket(created.id).update(lifecycle_rules=[{"fileNamePrefix": "", "daysFromUploadingToHiding": 5}])
+    sim.bucket(created.id).update(lifecycle_rules=[OTHER_RULE])
     drifted = provider.read(created.id, outs)
     assert drifted.id == created.id
     assert drifted.outs is not None
@@ -207,9 +240,13 @@ def test_bucket_read_reports_drift_and_disappearance(sim: Sim) -> None:
 def test_bucket_check() -> None:
     provider = b2._B2BucketProvider()
     assert provider.check({}, _bucket_props()).failures == []
-    assert provider.check({}, {"bucket_name": Unknown(), "hidden_file_retention_days": Unknown()}).failures == []
-    failures = provider.check({}, {"bucket_name": "my.bucket", "hidden_file_retention_days": 0.0}).failures
-    assert sorted(f.property for f in failures) == ["bucket_name", "hidden_file_retention_days"]
+    assert provider.check({}, {"bucket_name": Unknown(), "file_name_prefix": Unknown(),
+                               "hidden_file_retention_days": Unknown()}).failures == []
+    failures = provider.check({}, {"bucket_name": "my.bucket", "file_name_prefix": "", "hidden_file_retention_days": 0.0}
+                              ).failures
+    assert sorted(f.property for f in failures) == ["bucket_name", "file_name_prefix", "hidden_file_retention_days"]
+    for prefix in ("", "/pgbackrest/", "pgbackrest"):
+        assert [f.property for f in provider.check({}, _bucket_props(prefix=prefix)).failures] == ["file_name_prefix"]
     assert [f.property for f in provider.check({}, _bucket_props("b2-reserved")).failures] == ["bucket_name"]
 
 
@@ -261,6 +298,40 @@ def test_created_key_works_only_in_its_bucket_and_prefix(sim: Sim) -> None:
     foreign = key_api.BUCKET_CLASS(key_api, other.id_, name=other.name)
     with pytest.raises(Unauthorized):
         list(foreign.ls("pgbackrest/", recursive=True))
+
+
+def test_the_key_capabilities_hide_files_but_never_remove_a_version(sim: Sim) -> None:
+    """What pgBackRest's delete by name becomes on B2 (a hide marker) works with the key's capabilities; removing
+    a version for good needs deleteFiles and is refused. b2sdk's simulator checks a bucket-restricted key's bucket
+    only where a call passes the bucket id (upload, hide and delete do not), so the key here has the program's
+    capabilities without the bucket restriction: what is refused is refused for the capability."""
+    bucket = sim.admin.create_bucket("pg-backups-1", "allPrivate")
+    key = sim.admin.create_key(capabilities=list(b2.DEFAULT_KEY_CAPABILITIES), key_name="pgbackup-caps")
+    key_api = _api_on(sim.raw, key.id_, key.application_key)
+    own = key_api.BUCKET_CLASS(key_api, bucket.id_, name=bucket.name)
+    name = "pgbackrest/archive/db/000000010000000000000001"
+    uploaded = own.upload_bytes(b"wal", name)
+
+    own.hide_file(name)
+
+    assert [f.file_name for f, _ in own.ls("pgbackrest/", recursive=True)] == []
+    assert sorted(v.action for v in bucket.list_file_versions(name)) == ["hide", "upload"]
+    with pytest.raises(Unauthorized):
+        key_api.delete_file_version(uploaded.id_, name)
+    assert sorted(v.action for v in bucket.list_file_versions(name)) == ["hide", "upload"]
+    # The same call with deleteFiles removes the version: the refusal above is the capability's.
+    sim.admin.delete_file_version(uploaded.id_, name)
+    assert [v.action for v in bucket.list_file_versions(name)] == ["hide"]
+
+
+def test_key_check_refuses_capabilities_that_can_destroy_backups() -> None:
+    provider = b2._B2ApplicationKeyProvider()
+    for capability in ("deleteFiles", "writeBuckets", "writeKeys", "bypassGovernance", "deleteBuckets"):
+        (failure,) = provider.check({}, _key_props("b1", capabilities=[*PGBACKREST_CAPS, capability])).failures
+        assert failure.property == "capabilities"
+        assert f"refused: {capability}" in failure.reason
+    extra = provider.check({}, _key_props("b1", capabilities=[*PGBACKREST_CAPS, "listAllBucketNames"]))
+    assert extra.failures == []
 
 
 def test_key_with_empty_prefix_covers_whole_bucket(sim: Sim) -> None:
@@ -457,7 +528,7 @@ def monitor() -> Any:
 def test_resources_mark_application_key_secret(monitor: _EngineLikeMonitor) -> None:
     @pulumi.runtime.test
     def program() -> Any:
-        bucket = b2.B2Bucket("repo-bucket", b2.B2BucketArgs(bucket_name="pg-backups-1"))
+        bucket = b2.B2Bucket("repo-bucket", b2.B2BucketArgs(bucket_name="pg-backups-1", file_name_prefix="pgbackrest/"))
         key = b2.B2ApplicationKey(
             "repo-key",
             b2.B2ApplicationKeyArgs(key_name="pgbackup-main", bucket_id=bucket.bucket_id, name_prefix="pgbackrest/"),
@@ -469,7 +540,7 @@ def test_resources_mark_application_key_secret(monitor: _EngineLikeMonitor) -> N
             assert key_secret is True
             assert id_secret is False
             assert bucket_id == "bucket-id-1"
-            assert days == 1
+            assert days == 30
 
         return pulumi.Output.all(
             _secret_flag(key.application_key),

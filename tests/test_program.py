@@ -9,8 +9,17 @@ from typing import Any
 import pytest
 from pulumi.output import UNKNOWN
 
-from components.storage import S3_OBJECT_ACTIONS
-from tests.harness import HEALTHY_INFO, SENTINELS, Run, healthy_stdout, run_program, stack_config, verify_report
+from components.storage import S3_DENIED_ACTIONS, S3_OBJECT_ACTIONS
+from tests.harness import (
+    HEALTHY_INFO,
+    SENTINELS,
+    Run,
+    depends_on,
+    healthy_stdout,
+    run_program,
+    stack_config,
+    verify_report,
+)
 
 PROVIDERS = {
     "b2": {"provider": "b2", "region": "us-west-004", "bucket": "proposalsapp-db-backups", "repoPath": "/repo"},
@@ -30,16 +39,28 @@ def types(run: Run) -> list[str]:
 
 
 def assert_repository_policy(policy: dict[str, Any], bucket: str) -> None:
-    """Exactly what pgBackRest needs: list the repo prefix; read, write, delete objects under it."""
-    list_stmt, object_stmt = policy["Statement"]
+    """Exactly what pgBackRest needs: list the repo prefix; read, write, delete objects by name under it. Removing
+    a version for good (or turning versioning or the lifecycle rule off) is never allowed, and denied outright."""
+    list_stmt, object_stmt, deny_stmt = policy["Statement"]
     assert list_stmt["Action"] == ["s3:ListBucket"]
     assert list_stmt["Resource"] == [f"arn:aws:s3:::{bucket}"]
     assert list_stmt["Condition"] == {"StringLike": {"s3:prefix": ["repo", "repo/*"]}}
     assert object_stmt["Resource"] == [f"arn:aws:s3:::{bucket}/repo/*"]
     assert set(object_stmt["Action"]) == set(S3_OBJECT_ACTIONS)
     assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= set(object_stmt["Action"])
-    assert not any("*" in a for stmt in policy["Statement"] for a in stmt["Action"])
-    assert all(stmt["Effect"] == "Allow" for stmt in policy["Statement"])
+    allowed = {a for stmt in policy["Statement"] if stmt["Effect"] == "Allow" for a in stmt["Action"]}
+    assert not any("*" in a for a in allowed)
+    assert not allowed & {"s3:DeleteObjectVersion", "s3:PutBucketVersioning", "s3:PutLifecycleConfiguration",
+                          "s3:BypassGovernanceRetention", "s3:PutBucketPolicy"}
+    assert deny_stmt["Effect"] == "Deny"
+    assert "s3:DeleteObjectVersion" in deny_stmt["Action"]
+    assert set(deny_stmt["Action"]) == set(S3_DENIED_ACTIONS)
+    assert deny_stmt["Resource"] == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+
+
+def lifecycle_rules(run: Run) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = run.named("repository-lifecycle").inputs["rules"]
+    return rules
 
 
 def test_b2_bucket_and_scoped_key() -> None:
@@ -47,11 +68,13 @@ def test_b2_bucket_and_scoped_key() -> None:
     bucket = run.named("repository-bucket")
     assert bucket.typ == "pulumi-python:dynamic/b2:Bucket"
     assert bucket.inputs["bucket_name"] == "proposalsapp-db-backups"
-    assert bucket.inputs["hidden_file_retention_days"] == 1
+    assert bucket.inputs["file_name_prefix"] == "repo/"
+    assert bucket.inputs["hidden_file_retention_days"] == 30
     key = run.named("repository-key")
     assert key.inputs["bucket_id"] == "b2bucketid-repository-bucket"
     assert key.inputs["name_prefix"] == "repo/"
-    assert sorted(key.inputs["capabilities"]) == ["deleteFiles", "listFiles", "readFiles", "writeFiles"]
+    # Hide by name (writeFiles), never remove a version (deleteFiles).
+    assert sorted(key.inputs["capabilities"]) == ["listFiles", "readFiles", "writeFiles"]
     assert run.outputs["accessKeyId"] == "b2keyid-repository-key"
     assert run.outputs["storage"]["endpoint"] == "s3.us-west-004.backblazeb2.com"
     assert not any(t.startswith(("aws:", "minio:")) for t in types(run))
@@ -72,6 +95,12 @@ def test_aws_compatible_bucket_user_policy_key(provider: str) -> None:
         assert iam_endpoints["iam"] == "https://s3.example.net"
     assert run.named("repository-bucket").inputs["bucket"] == "pg-backups"
     assert run.named("repository-versioning").inputs["versioningConfiguration"] == {"status": "Enabled"}
+    assert lifecycle_rules(run) == [{
+        "id": "pgbackup-repo", "status": "Enabled", "filter": {"prefix": "repo/"},
+        "noncurrentVersionExpiration": {"noncurrentDays": 30}, "expiration": {"expiredObjectDeleteMarker": True},
+    }]
+    assert run.named("repository-lifecycle").inputs["bucket"] == "repository-bucket-id"
+    assert depends_on(run, "repository-lifecycle") == {"repository-versioning"}
     policy = json.loads(run.named("repository-policy").inputs["policy"])
     assert_repository_policy(policy, "pg-backups")
     assert run.named("repository-policy").inputs["user"] == run.named("repository-user").inputs["name"]
@@ -85,6 +114,10 @@ def test_minio_bucket_user_policy() -> None:
     assert provider.inputs["minioServer"] == "minio.lan:9000"
     assert provider.inputs["minioSsl"] in (True, "true")
     assert_repository_policy(json.loads(run.named("repository-policy").inputs["policy"]), "pg-backups")
+    assert run.named("repository-versioning").inputs["versioningConfiguration"] == {"status": "Enabled"}
+    assert lifecycle_rules(run) == [{"id": "pgbackup-repo", "status": "Enabled", "filter": "repo/",
+                                     "noncurrentVersionExpirationDays": 30, "expiration": "DeleteMarker"}]
+    assert depends_on(run, "repository-lifecycle") == {"repository-versioning"}
     attachment = run.named("repository-attachment").inputs
     assert attachment == {"userName": "pgbackup-test-main", "policyName": "pgbackup-test-main"}
     assert run.outputs["accessKeyId"] == "pgbackup-test-main"
@@ -93,13 +126,39 @@ def test_minio_bucket_user_policy() -> None:
 def test_bucket_is_retained_on_destroy(provider_run: tuple[str, Run]) -> None:
     """`pulumi destroy` never deletes backups: the bucket (and its versioning) are retained."""
     _, run = provider_run
-    for name in ("repository-bucket", "repository-versioning"):
+    for name in ("repository-bucket", "repository-versioning", "repository-lifecycle"):
         if name in run.options:
             assert run.options[name].retain_on_delete is True, name
     assert run.options["repository-bucket"].retain_on_delete is True
     retained = {name for name, opts in run.options.items() if opts.retain_on_delete}
-    assert retained <= {"repository-bucket", "repository-versioning"}
+    assert retained <= {"repository-bucket", "repository-versioning", "repository-lifecycle"}
     assert run.named("repository-bucket").inputs.get("forceDestroy") in (None, False)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_versions_are_kept_for_the_configured_days_under_the_repository_prefix_only(provider: str) -> None:
+    """noncurrentVersionDays reaches each provider's rule, which never covers more than the repository."""
+    run = run_program(stack_config(storage={**PROVIDERS[provider], "noncurrentVersionDays": 45}))
+    if provider == "b2":
+        bucket = run.named("repository-bucket").inputs
+        assert (bucket["file_name_prefix"], bucket["hidden_file_retention_days"]) == ("repo/", 45)
+        return
+    (rule,) = lifecycle_rules(run)
+    if provider == "minio":
+        assert (rule["filter"], rule["noncurrentVersionExpirationDays"]) == ("repo/", 45)
+    else:
+        assert (rule["filter"], rule["noncurrentVersionExpiration"]) == ({"prefix": "repo/"}, {"noncurrentDays": 45})
+
+
+def test_no_key_can_remove_a_version(provider_run: tuple[str, Run]) -> None:
+    """Fails if deleteFiles (B2) or s3:DeleteObjectVersion (S3, Wasabi, MinIO) is ever granted again."""
+    provider, run = provider_run
+    if provider == "b2":
+        capabilities = run.named("repository-key").inputs["capabilities"]
+        assert "deleteFiles" not in capabilities
+        assert set(capabilities) <= {"listFiles", "readFiles", "writeFiles"}
+    else:
+        assert_repository_policy(json.loads(run.named("repository-policy").inputs["policy"]), "pg-backups")
 
 
 def test_children_are_parented(provider_run: tuple[str, Run]) -> None:
