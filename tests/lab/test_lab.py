@@ -169,9 +169,9 @@ def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None
         assert code == 2, message
         assert "CRITICAL: the last WAL archive attempt failed" in message
         assert took < 600  # within the check's interval (10m)
-        for replica in lab.replicas():
-            collect_metrics(lab, replica)
-            assert run_check(lab, replica, "wal-archive")[0] == 0
+        # pgbackrest info gave up (the collector's 120 s limit): the backup age is not known, not "fine".
+        code, message = run_check(lab, leader, "backup-age")
+        assert (code, "pgbackrest info failed or timed out" in message) == (3, True), message
     lab.wait_archived(segment, timeout=240)
     collect_metrics(lab, leader)
     code, message = run_check(lab, leader, "wal-archive")
