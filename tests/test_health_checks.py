@@ -181,34 +181,56 @@ def test_consul_field_judge_refuses_the_design_documents_script_check() -> None:
 
 
 def test_consul_definition_is_reloaded_or_removed(consul_run: Run) -> None:
-    schedule = script_of(consul_run.named("cluster-pg1-schedule"))
-    assert "systemctl reload consul.service" in schedule
-    assert "pgbackup: warning: node pg1: no Consul agent to reload" in schedule
-    assert f"rm -f {CONSUL}" not in schedule
-    off = run_program(stack_config())
+    assert node_files(consul_run, "pg1")[CONSUL]["actions"] == "consul-reload"
+    files_step = script_of(consul_run.named("cluster-pg1-files"))
+    assert "if pending consul-reload; then\n  consul_reload\n" in files_step
+    assert "systemctl reload consul.service" in files_step
+    off = run_program(stack_config(retention={"full": 4, "monthly": 12}))
+    # Off: not in the manifest, so the files step removes the one it installed (and does its action: reload).
     assert CONSUL not in node_files(off, "pg1")
     assert CHECK in node_files(off, "pg1")  # the checks are there for any Nagios-style monitor
-    removal = script_of(off.named("cluster-pg1-schedule"))
-    assert f"rm -f {CONSUL}" in removal
-    assert "systemctl reload consul.service" in removal
-    # Turning it on or off changes the files' manifest and the schedule step (which reloads the agent) only.
+    # On destroy it goes too: its checks would only report stale metrics.
+    destroy = script_of(off.named("cluster-pg1-schedule"), "delete")
+    assert f"rm -f {CONSUL}\n" in destroy
+    assert "consul_reload\n" in destroy
+    # Turning it on or off changes the files' manifest and the schedule step's units digest, nothing else.
     on, off_commands = ({c.name: (c.inputs["create"], c.inputs.get("stdin")) for c in r.commands}
-                        for r in (consul_run, run_program(stack_config(retention={"full": 4, "monthly": 12}))))
+                        for r in (consul_run, off))
     changed = {name.split("-", 2)[2] for name in on if on[name] != off_commands[name]}
     assert changed == {"files", "schedule"}
 
 
-def test_consul_without_an_agent_warns_and_succeeds(consul_run: Run, tmp_path: Path) -> None:
-    """The schedule step's Consul part, run here (no Consul agent, no consul command): a warning, exit 0."""
-    schedule = script_of(consul_run.named("cluster-pg1-schedule"))
-    start = schedule.index("consul_reload() {")
-    part = schedule[start:schedule.index("systemctl list-timers")]
+def consul_reload_function(run: Run) -> str:
+    script = script_of(run.named("cluster-pg1-files"))
+    start = script.index("consul_reload() {")
+    return script[start:script.index("\n}\n", start) + 3]
+
+
+@pytest.mark.parametrize(("agent", "says"), [
+    ("none", "pgbackup: warning: node pg1: no Consul agent to reload (consul.service not active, `consul reload` "
+             "failed or absent): /etc/consul.d/pgbackrest.json is read when the agent starts"),
+    ("systemd", "consul: agent reloaded (/etc/consul.d/pgbackrest.json)"),
+    ("cli", "consul: agent reloaded (/etc/consul.d/pgbackrest.json)"),
+])
+def test_consul_reload_with_and_without_an_agent(consul_run: Run, tmp_path: Path, agent: str, says: str) -> None:
+    """The files step's consul_reload, run here with stand-in systemctl and consul commands (no Consul agent
+    can be installed here): without an agent a warning and exit 0, never a failed apply."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text("#!/bin/sh\nexit 3\n")  # consul.service: inactive
-    (bin_dir / "systemctl").chmod(0o755)
-    result = subprocess.run(["bash", "-c", "set -Eeuo pipefail\n" + part], capture_output=True, text=True,
-                            check=False, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    calls = tmp_path / "calls"
+    active = 0 if agent == "systemd" else 3  # systemctl is-active: 3 = inactive
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >>{calls}\n'
+                                       f'[ "$1" = is-active ] && exit {active}\nexit 0\n')
+    if agent == "cli":
+        (bin_dir / "consul").write_text(f'#!/bin/sh\necho "consul $*" >>{calls}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    result = subprocess.run(["bash", "-c", "set -Eeuo pipefail\n" + consul_reload_function(consul_run) +
+                             "consul_reload\n"], capture_output=True, text=True, check=False,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
-    assert "no Consul agent to reload" in result.stderr
-    assert f"{CONSUL} is in place and is loaded when the agent starts" in result.stderr
+    assert says in (result.stderr if agent == "none" else result.stdout)
+    expected = {"none": "systemctl is-active --quiet consul.service\n",
+                "systemd": "systemctl is-active --quiet consul.service\nsystemctl reload consul.service\n",
+                "cli": "systemctl is-active --quiet consul.service\nconsul reload\n"}[agent]
+    assert calls.read_text() == expected

@@ -193,13 +193,14 @@ def test_consul_definition_written_reloaded_and_removed(lab: Lab) -> None:
             definition = json.loads(lab.ssh(node, "cat /etc/consul.d/pgbackrest.json").stdout)
             assert [c["args"] for c in definition["service"]["checks"]] == [[CHECK, "backup-age"],
                                                                             [CHECK, "wal-archive"]]
-            out = state[f"cluster-{node}-schedule"]["outputs"]
+            out = state[f"cluster-{node}-files"]["outputs"]
             if node == "pgnode1":
-                assert "consul: agent reloaded with /etc/consul.d/pgbackrest.json" in out["stdout"]
+                assert "consul: agent reloaded (/etc/consul.d/pgbackrest.json)" in out["stdout"]
             else:
                 assert f"pgbackup: warning: node {node}: no Consul agent to reload" in out["stderr"]
         assert lab.ssh("pgnode1", "cat /var/tmp/consul-calls").stdout == "reload\n"
-        lab.apply()  # pgbackup:monitoring.consul false again (Pulumi.lab.yaml): the definition goes
+        result = lab.apply()  # pgbackup:monitoring.consul false again (Pulumi.lab.yaml): the definition goes
+        assert changed_steps(result["ran"]) == {"files", "schedule"}
         for node in lab.nodes:
             assert lab.ssh(node, "ls /etc/consul.d/pgbackrest.json 2>/dev/null || true").stdout == ""
         assert lab.ssh("pgnode1", "cat /var/tmp/consul-calls").stdout == "reload\nreload\n"
