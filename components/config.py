@@ -409,6 +409,12 @@ class PgBackRestConfig(_Model):
         return self
 
 
+class MonitoringConfig(_Model):
+    """`pgbackup:monitoring`: health checks registered with a local agent."""
+
+    consul: bool = Field(default=False, description="Register the pgbackrest service and its checks with Consul")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the program needs, validated. Secrets stay `pulumi.Output`s."""
@@ -418,6 +424,7 @@ class Settings:
     schedule: ScheduleConfig
     retention: RetentionConfig
     pgbackrest: PgBackRestConfig
+    monitoring: MonitoringConfig
     ssh_private_key: pulumi.Output[str]
     cipher_pass: pulumi.Output[str] | None
     access_key_id: pulumi.Output[str] | None
@@ -479,6 +486,7 @@ OBJECT_KEYS: dict[str, tuple[type[_Model], bool]] = {
     "schedule": (ScheduleConfig, False),
     "retention": (RetentionConfig, False),
     "pgbackrest": (PgBackRestConfig, False),
+    "monitoring": (MonitoringConfig, False),
 }
 SECRET_KEYS = ("sshPrivateKey", "cipherPass", "accessKeyId", "secretAccessKey")
 KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
@@ -544,13 +552,14 @@ def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) 
 
 
 def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
-        StorageConfig, ClusterConfig, ScheduleConfig, RetentionConfig, PgBackRestConfig]:
+        StorageConfig, ClusterConfig, ScheduleConfig, RetentionConfig, PgBackRestConfig, MonitoringConfig]:
     """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly.
     With `stack`, the storage key's name (which holds the stack's name) is checked too."""
     check_known_keys(raw)
     parsed = {key: _parse(key, raw.get(key), model, required) for key, (model, required) in OBJECT_KEYS.items()}
-    storage, cluster, schedule, retention, pgbackrest = (
-        parsed["storage"], parsed["cluster"], parsed["schedule"], parsed["retention"], parsed["pgbackrest"])
+    storage, cluster, schedule, retention, pgbackrest, monitoring = (
+        parsed["storage"], parsed["cluster"], parsed["schedule"], parsed["retention"], parsed["pgbackrest"],
+        parsed["monitoring"])
     _check_host_keys(cluster)
     if stack is not None:
         _check_key_name(storage, cluster, stack)
@@ -559,7 +568,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
             f"{NAMESPACE}:pgbackrest.backupStandby: needs at least two nodes in pgbackup:cluster.nodes "
             "(pgBackRest 2.45 fails when no standby is reachable); set it to false for a single node"
         )
-    return storage, cluster, schedule, retention, pgbackrest
+    return storage, cluster, schedule, retention, pgbackrest, monitoring
 
 
 # A passphrase shorter than this is accepted with a warning (the generated one has 64 characters).
@@ -595,7 +604,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     config = config or pulumi.Config(NAMESPACE)
     check_known_keys(stack_keys())
     raw = {key: _object(config, key) for key in OBJECT_KEYS}
-    storage, cluster, schedule, retention, pgbackrest = parse_settings(raw, stack=pulumi.get_stack())
+    storage, cluster, schedule, retention, pgbackrest, monitoring = parse_settings(raw, stack=pulumi.get_stack())
     if cluster.insecure_skip_host_key_check:
         unpinned = unpinned_nodes(cluster)
         pulumi.log.warn(
@@ -628,6 +637,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         schedule=schedule,
         retention=retention,
         pgbackrest=pgbackrest,
+        monitoring=monitoring,
         ssh_private_key=ssh_key,
         cipher_pass=_secret(config, "cipherPass"),
         access_key_id=access_key_id,

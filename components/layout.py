@@ -22,6 +22,9 @@ class Paths:
     tmpfiles: str = "/etc/tmpfiles.d/pgbackup.conf"
     metrics_script: str = "/usr/local/lib/pgbackup/pgbackup-metrics"  # in metrics_dir
     metrics_file: str = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
+    check_script: str = "/usr/local/lib/pgbackup/pgbackup-check"  # in metrics_dir
+    consul_dir: str = "/etc/consul.d"
+    consul_service: str = "/etc/consul.d/pgbackrest.json"  # in consul_dir
     unit_dir: str = "/etc/systemd/system"
     metrics_dir: str = "/usr/local/lib/pgbackup"
     # Root's own: the files step's list of what it installed, staged manifests and pending follow-up actions.
@@ -72,6 +75,8 @@ DIRECTORIES = {
         Directory(PATHS.unit_dir, "root", "root", "0755"),
         Directory("/etc/tmpfiles.d", "root", "root", "0755"),
         Directory(PATHS.metrics_dir, "root", "root", "0755"),
+        # Consul's configuration directory (pgbackup:monitoring.consul): the agent only reads it.
+        Directory(PATHS.consul_dir, "root", "root", "0755"),
     )
 }
 
@@ -81,9 +86,27 @@ DAEMON_RELOAD = "daemon-reload"  # the file is a systemd unit: reload; disabled 
 TMPFILES = "tmpfiles"  # a tmpfiles.d entry: systemd-tmpfiles --create
 TLS_RESTART = "tls-restart"  # read by pgBackRest's TLS server: restart it when it runs
 ARCHIVE_WORKERS = "archive-workers"  # pgBackRest's configuration: end stale asynchronous archive workers
+CONSUL_RELOAD = "consul-reload"  # the Consul service definition: reload the local agent (a warning without one)
 
 TLS_SERVER_UNIT = "pgbackup-tls-server.service"
 METRICS_UNIT = "pgbackup-metrics.service"
 METRICS_TIMER = "pgbackup-metrics.timer"
 METRICS_CALENDAR = "*:0/5"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One command of the check script (`pgbackup-check <command>`, Nagios exit codes) and the interval the
+    design gives it in Consul."""
+
+    command: str
+    consul_id: str
+    title: str
+    interval: str
+
+
+HEALTH_CHECKS = (
+    HealthCheck("backup-age", "pgbackrest-backup-age", "pgBackRest backup age", "1h"),
+    HealthCheck("wal-archive", "pgbackrest-wal-archive", "pgBackRest WAL archive", "10m"),
+)
 

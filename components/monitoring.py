@@ -1,15 +1,23 @@
-"""Prometheus alert rules over the metrics every node writes (templates/monitoring/). Exported as the
-stack output `alertRules` for the monitoring stack to load; judged by promtool in the tests."""
+"""Monitoring over the metrics every node writes (templates/monitoring/): the Prometheus alert rules (stack
+output `alertRules`, judged by promtool in the tests), the Nagios-style check commands on every node, and the
+Consul service that runs them. The thresholds of the rules and of the checks come from `thresholds()` only."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from components.config import Settings
+from components.layout import HEALTH_CHECKS, PATHS
 from components.render import render
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5}
+
+SERVICE_NAME = "pgbackrest"
+CHECK_TIMEOUT = "10s"
 
 
 def size_bytes(size: str) -> int:
@@ -20,17 +28,61 @@ def size_bytes(size: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def alert_rules(settings: Settings) -> str:
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the alert rules fire and the checks leave OK. Ages in seconds, sizes in bytes."""
+
+    backup_max_age: int
+    """repo1's newest backup older than this: critical."""
+    monthly_max_age: int
+    """repo2's newest monthly archive older than this: warning (0: no monthly archives)."""
+    archive_max_age: int
+    """WAL waiting and nothing archived for this long: critical (stalled)."""
+    queue_alert: int
+    """WAL backlog past this (half of archive-push-queue-max, beyond which WAL is dropped): critical (0: none)."""
+    metrics_max_age: int
+    """Metrics older than this: the collector is stale (alert: warning; checks: UNKNOWN)."""
+
+
+def thresholds(settings: Settings) -> Thresholds:
     queue_max = settings.pgbackrest.archive_push_queue_max
-    return render(
-        "monitoring/pgbackrest.rules.yml.j2",
-        cluster=settings.cluster,
-        backup_max_age_hours=settings.schedule.max_backup_age_hours,
-        backup_max_age_seconds=settings.schedule.max_backup_age_hours * 3600,
-        archive_timeout=settings.pgbackrest.archive_timeout,
-        archive_max_age_seconds=max(300, 5 * settings.pgbackrest.archive_timeout),
-        queue_max_bytes=size_bytes(queue_max) if queue_max else 0,
-        monthly=settings.retention.monthly > 0,
+    return Thresholds(
+        backup_max_age=settings.schedule.max_backup_age_hours * 3600,
         # First Sundays are four or five weeks apart; a day more for a slow or retried backup.
-        monthly_max_age_days=36,
+        monthly_max_age=36 * 86400 if settings.retention.monthly else 0,
+        archive_max_age=max(300, 5 * settings.pgbackrest.archive_timeout),
+        queue_alert=size_bytes(queue_max) // 2 if queue_max else 0,
+        metrics_max_age=1800,
     )
+
+
+def alert_rules(settings: Settings) -> str:
+    return render("monitoring/pgbackrest.rules.yml.j2", cluster=settings.cluster, limits=thresholds(settings))
+
+
+def check_script(settings: Settings, context: dict[str, Any]) -> str:
+    """The check commands of a node (templates/monitoring/pgbackup-check.py.j2)."""
+    return render("monitoring/pgbackup-check.py.j2", **context, limits=thresholds(settings),
+                  queue_max=settings.pgbackrest.archive_push_queue_max)
+
+
+def consul_service(settings: Settings) -> dict[str, Any]:
+    """The Consul service definition: the checks as `args` (Consul dropped `script`), the design's intervals.
+    Consul runs them only where its agent has enable_local_script_checks (README "Monitoring")."""
+    service: dict[str, Any] = {
+        "name": SERVICE_NAME,
+        "tags": ["backup", "postgresql"],
+        "meta": {"stanza": settings.cluster.stanza},
+        "checks": [
+            {"id": check.consul_id, "name": check.title, "args": [PATHS.check_script, check.command],
+             "interval": check.interval, "timeout": CHECK_TIMEOUT}
+            for check in HEALTH_CHECKS
+        ],
+    }
+    if settings.pgbackrest.backup_standby:
+        service["port"] = settings.pgbackrest.tls_server_port  # pgBackRest's TLS server on this node
+    return {"service": service}
+
+
+def consul_service_json(settings: Settings) -> str:
+    return json.dumps(consul_service(settings), indent=2, sort_keys=True) + "\n"

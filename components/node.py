@@ -14,6 +14,7 @@ from components.config import NodeConfig, Settings, url_host
 from components.layout import (
     ARCHIVE_WORKERS,
     BACKUPS,
+    CONSUL_RELOAD,
     DAEMON_RELOAD,
     DIRECTORIES,
     METRICS_CALENDAR,
@@ -26,6 +27,7 @@ from components.layout import (
     Backup,
     Directory,
 )
+from components.monitoring import check_script, consul_service_json
 from components.remote import MANIFEST_MAGIC, NodeFile, manifest, remote_step
 from components.render import render, sha256
 
@@ -104,8 +106,8 @@ def replica_method(stanza: str) -> dict[str, Any]:
 
 
 def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
-    """The systemd units, tmpfiles entry and metrics collector: identical content on every node but for
-    the node's own REST API address."""
+    """The systemd units, tmpfiles entry, metrics collector, check commands and, with monitoring.consul, the
+    Consul service definition: identical content on every node but for the node's own REST API address."""
     ctx = template_context(settings, node)
     unit = (DAEMON_RELOAD,)
     files = []
@@ -123,6 +125,10 @@ def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
                           actions=unit))
     files.append(NodeFile(PATHS.metrics_script, "0755", "root", "root",
                           render("monitoring/pgbackup-metrics.py.j2", **ctx)))
+    files.append(NodeFile(PATHS.check_script, "0755", "root", "root", check_script(settings, ctx)))
+    if settings.monitoring.consul:
+        files.append(NodeFile(PATHS.consul_service, "0644", "root", "root", consul_service_json(settings),
+                              actions=(CONSUL_RELOAD,)))
     files.append(NodeFile(PATHS.tmpfiles, "0644", "root", "root", render("systemd/pgbackup.tmpfiles.j2", **ctx),
                           actions=(TMPFILES,)))
     if settings.pgbackrest.backup_standby:
@@ -134,7 +140,7 @@ def unit_files(settings: Settings, node: NodeConfig) -> list[NodeFile]:
 
 # The follow-up actions by name, for the files step's template.
 FILE_ACTIONS = {"daemon_reload": DAEMON_RELOAD, "tmpfiles": TMPFILES, "tls_restart": TLS_RESTART,
-                "archive_workers": ARCHIVE_WORKERS}
+                "archive_workers": ARCHIVE_WORKERS, "consul_reload": CONSUL_RELOAD}
 
 
 def directories_of(files: list[NodeFile]) -> list[Directory]:

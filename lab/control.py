@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,28 @@ class Lab:
         pid = pidfile.read_text().strip()
         while time.monotonic() < deadline and sh("kill", "-0", pid, check=False).returncode == 0:
             time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def s3_down(self) -> Iterator[None]:
+        """S3 down (nginx stopped: connections refused) for the block; then up again with lab/up.sh (without
+        its wait for streaming replicas)."""
+        sh("kill", "-TERM", (LAB_DIR / "run" / "nginx.pid").read_text().strip())
+        try:
+            deadline = time.monotonic() + 30
+            while sh("curl", "-s", "-o", "/dev/null", "--cacert", self.env["LAB_CA_FILE"], self.env["LAB_S3_ENDPOINT"],
+                     check=False).returncode == 0:
+                assert time.monotonic() < deadline, "nginx did not stop"
+                time.sleep(0.5)
+            yield
+        finally:
+            self.boot_nodes()
+
+    def wait_archive_failure(self, node: str, timeout: float = 120) -> None:
+        """Until `node`'s archiver has failed at least once (pg_stat_archiver.failed_count)."""
+        deadline = time.monotonic() + timeout
+        while int(self.sql(node, "SELECT failed_count FROM pg_stat_archiver")) == 0:
+            assert time.monotonic() < deadline, "archiving did not notice the outage"
+            time.sleep(2)
 
     def boot_nodes(self) -> None:
         """lab/up.sh without waiting for the replicas to stream (a node may need a reinit to rejoin)."""

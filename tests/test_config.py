@@ -42,7 +42,7 @@ def with_nodes(nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_defaults() -> None:
-    storage, cluster, schedule, retention, pgbackrest = parse()
+    storage, cluster, schedule, retention, pgbackrest, monitoring = parse()
     assert storage.repo_path == "/pgbackrest"
     assert storage.uri_style == "path"
     assert storage.verify_tls
@@ -65,6 +65,7 @@ def test_defaults() -> None:
     assert not pgbackrest.start_fast
     assert pgbackrest.archive_push_queue_max == "4GiB"
     assert pgbackrest.version is None
+    assert not monitoring.consul  # no Consul service unless asked
 
 
 def test_pg_data_follows_pg_version() -> None:
@@ -139,6 +140,8 @@ BAD_CASES = [
     ("monthly calendar", {"schedule": {"monthly": "first sunday"}},
      "pgbackup:schedule.monthly: expected a systemd calendar expression"),
     ("retention archive type", {"retention": {"archiveType": "days"}}, "pgbackup:retention.archiveType: unknown key"),
+    ("consul as text", {"monitoring": {"consul": "yes"}}, "pgbackup:monitoring.consul: Input should be a valid boolean"),
+    ("monitoring typo", {"monitoring": {"consull": True}}, "pgbackup:monitoring.consull: unknown key"),
     ("compress type", {"pgbackrest": {"compressType": "xz"}}, "pgbackup:pgbackrest.compressType: Input should be"),
     ("compress level", {"pgbackrest": {"compressType": "gz", "compressLevel": 12}},
      "pgbackup:pgbackrest.compressLevel: gz takes 0..9, got 12"),
@@ -292,7 +295,7 @@ def test_the_b2_key_name_is_checked_for_the_running_stack() -> None:
 def test_an_unknown_top_level_key_is_refused_listing_the_known_ones() -> None:
     run = Run()
     with pytest.raises(Exception, match=r"pgbackup:retension: unknown key \(known keys: storage, cluster, schedule, "
-                                        r"retention, pgbackrest, sshPrivateKey, cipherPass, accessKeyId, "
+                                        r"retention, pgbackrest, monitoring, sshPrivateKey, cipherPass, accessKeyId, "
                                         r"secretAccessKey\)"):
         run_program(stack_config(retension={"full": 9}), run=run)
     assert run.resources == []

@@ -17,7 +17,7 @@ import yaml
 
 from components.config import ConfigError, Settings, parse_settings
 from components.layout import FULL, METRICS_CALENDAR, PATHS
-from components.monitoring import alert_rules
+from components.monitoring import alert_rules, check_script
 from components.node import dynamic_config, primary_url, template_context
 from components.render import TEMPLATES, RenderError, render
 from components.text import unsafe_character
@@ -139,13 +139,14 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
         "patroni/dynamic.yaml.j2": lambda: dynamic_config(settings),
         "monitoring/pgbackrest.rules.yml.j2": lambda: alert_rules(settings),
         "monitoring/pgbackup-metrics.py.j2": lambda: render("monitoring/pgbackup-metrics.py.j2", **ctx),
+        "monitoring/pgbackup-check.py.j2": lambda: check_script(settings, ctx),
     }
 
 
 def valid_settings(config: dict[str, Any] | None = None) -> Settings:
-    storage, cluster, schedule, retention, pgbackrest = parse_settings(config or stack_config())
+    storage, cluster, schedule, retention, pgbackrest, monitoring = parse_settings(config or stack_config())
     nothing = cast(Any, None)
-    return Settings(storage, cluster, schedule, retention, pgbackrest, nothing, nothing, nothing, nothing)
+    return Settings(storage, cluster, schedule, retention, pgbackrest, monitoring, nothing, nothing, nothing, nothing)
 
 
 def bypassing_validation(settings: Settings, field: str, value: str) -> Settings:
@@ -160,7 +161,8 @@ def bypassing_validation(settings: Settings, field: str, value: str) -> Settings
         storage = storage.model_copy(update={field: value})
     else:
         schedule = schedule.model_copy(update={field: value})
-    return Settings(storage, cluster, schedule, settings.retention, settings.pgbackrest, settings.ssh_private_key,
+    return Settings(storage, cluster, schedule, settings.retention, settings.pgbackrest, settings.monitoring,
+                    settings.ssh_private_key,
                     settings.cipher_pass, settings.access_key_id, settings.secret_access_key)
 
 
@@ -215,6 +217,9 @@ def test_json_and_yaml_carry_a_hostile_stanza_as_its_own_value() -> None:
     constants = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(script).body
                  if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)}
     assert constants["STANZA"] == stanza
+    check = ast.parse(check_script(settings, template_context(settings, settings.cluster.nodes[0])))
+    assert {n.targets[0].id: ast.literal_eval(n.value) for n in check.body if isinstance(n, ast.Assign)
+            and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)}["STANZA"] == stanza
 
 
 def test_percent_is_doubled_for_systemd_which_reads_it_back(tmp_path: Path) -> None:

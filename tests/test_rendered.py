@@ -245,7 +245,7 @@ def test_monthly_archives_go_to_a_second_repository() -> None:
     assert "Unit=pgbackup-backup-monthly.service" in timer
     schedule = script_of(run.named("cluster-pg1-schedule"))
     assert "systemctl enable --now --quiet pgbackup-backup-monthly.timer" in schedule
-    assert "rm -f" not in schedule  # nothing retired
+    assert "rm -f /etc/systemd/system/" not in schedule  # nothing retired
 
 
 def test_monthly_archives_turned_off_remove_their_units() -> None:

@@ -174,8 +174,10 @@ def test_destroy_disables_timers_and_keeps_everything_else(run: Run) -> None:
     assert sorted(with_delete) == [f"cluster-{n}-schedule" for n in ("pg1", "pg2", "pg3")]
     script = script_of(run.named("cluster-pg1-schedule"), "delete")
     assert "systemctl disable --now" in script
-    assert "rm " not in script
-    assert "pgbackrest" not in script.replace("pgbackup", "")
+    # The only file removed is the Consul service definition (pgbackup:monitoring.consul), when there is one.
+    consul = "/etc/consul.d/pgbackrest.json"
+    assert [line.strip() for line in script.splitlines() if "rm " in line] == [f"rm -f {consul}"]
+    assert "pgbackrest" not in script.replace(consul, "").replace("pgbackup", "")
 
 
 def test_ssh_host_key_is_pinned_into_every_connection() -> None:

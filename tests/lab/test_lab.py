@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,116 @@ def test_metrics_collector_writes_prometheus_text(lab: Lab) -> None:
         assert re.search(rf'pgbackrest_last_backup_timestamp_seconds{{stanza="{STANZA}",type="full",repo="{repo}"}} '
                          r'\d+', text)
     assert f'pgbackrest_archive_check_failed{{stanza="{STANZA}"}} 0' in text
+
+
+CHECK = "/usr/local/lib/pgbackup/pgbackup-check"
+
+
+def run_check(lab: Lab, node: str, command: str, clock_shift: int = 0) -> tuple[int, str]:
+    """A check command as a monitor runs it: an unprivileged user (nobody), one line, a Nagios exit code.
+    clock_shift: seconds added to the script's clock."""
+    code = (f"import runpy, sys, time; real = time.time; time.time = lambda: real() + {clock_shift}; "
+            f"sys.argv = [{CHECK!r}, {command!r}]; runpy.run_path({CHECK!r}, run_name='__main__')")
+    result = lab.ssh(node, f"cd /tmp && runuser -u nobody -- python3 -c {shlex.quote(code)}", check=False)
+    assert result.stderr == "", result.stderr
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+    return result.returncode, result.stdout.strip()
+
+
+def collect_metrics(lab: Lab, node: str, clock_shift: int = 0) -> None:
+    """The collector's run (pgbackup-metrics.service), here with its clock moved on by clock_shift seconds."""
+    if not clock_shift:
+        lab.ssh(node, "systemctl start pgbackup-metrics.service")
+        return
+    code = (f"import runpy, time; real = time.time; time.time = lambda: real() + {clock_shift}; "
+            "runpy.run_path('/usr/local/lib/pgbackup/pgbackup-metrics', run_name='__main__')")
+    lab.ssh(node, f"cd /tmp && python3 -c {shlex.quote(code)}")
+
+
+def test_health_checks_pass_on_every_node_of_a_healthy_cluster(lab: Lab) -> None:
+    leader = lab.leader()
+    for node in lab.nodes:
+        collect_metrics(lab, node)
+        results = {command: run_check(lab, node, command) for command in ("backup-age", "wal-archive")}
+        assert {code for code, _ in results.values()} == {0}, results
+        if node == leader:
+            assert "repo1: newest backup" in results["backup-age"][1]
+            assert "repo2: newest backup" in results["backup-age"][1]
+            assert "last WAL archived" in results["wal-archive"][1]
+        else:
+            assert results["backup-age"][1] == "PGBACKREST BACKUP-AGE OK: not the leader (backups run on the leader)"
+            assert results["wal-archive"][1].startswith("PGBACKREST WAL-ARCHIVE OK: not the leader")
+
+
+def test_backup_age_check_critical_past_the_threshold(lab: Lab) -> None:
+    """Backups older than schedule.maxBackupAgeHours (26): the collector and the check run 27 h ahead."""
+    leader = lab.leader()
+    ahead = 27 * 3600
+    try:
+        collect_metrics(lab, leader, clock_shift=ahead)
+        code, message = run_check(lab, leader, "backup-age", clock_shift=ahead)
+        assert code == 2, message
+        assert "CRITICAL: repo1: newest backup 27.0 h old (limit 26.0 h)" in message
+        # The same metrics seen from now are from the future, and 27 h later without a new collection stale.
+        code, message = run_check(lab, leader, "backup-age", clock_shift=2 * ahead)
+        assert (code, "UNKNOWN: metrics are 27.0 h old" in message) == (3, True), message
+    finally:
+        collect_metrics(lab, leader)
+    assert run_check(lab, leader, "backup-age")[0] == 0
+
+
+def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None:
+    leader = lab.leader()
+    started = time.monotonic()
+    with lab.s3_down():
+        lab.sql(leader, "CREATE TABLE IF NOT EXISTS check_outage (n int)")
+        lab.sql(leader, "INSERT INTO check_outage SELECT generate_series(1, 1000)")
+        segment = lab.switch_wal(leader)
+        lab.wait_archive_failure(leader)
+        collect_metrics(lab, leader)  # what the next run of pgbackup-metrics.timer (every 5 min) does
+        code, message = run_check(lab, leader, "wal-archive")
+        took = time.monotonic() - started
+        print(f"\nS3 down -> wal-archive CRITICAL on the leader in {took:.0f} s: {message}")
+        assert code == 2, message
+        assert "CRITICAL: the last WAL archive attempt failed" in message
+        assert took < 600  # within the check's interval (10m)
+        # pgbackrest info gave up (the collector's 120 s limit): the backup age is not known, not "fine".
+        code, message = run_check(lab, leader, "backup-age")
+        assert (code, "pgbackrest info failed or timed out" in message) == (3, True), message
+    lab.wait_archived(segment, timeout=240)
+    collect_metrics(lab, leader)
+    code, message = run_check(lab, leader, "wal-archive")
+    assert code == 0, message
+
+
+def test_consul_definition_written_reloaded_and_removed(lab: Lab) -> None:
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:monitoring"] = {"consul": True}
+    # No Consul agent can be installed here: pgnode1 gets a stand-in `consul` command that records its calls.
+    fake = "/usr/local/bin/consul"
+    lab.ssh("pgnode1", f"""printf '%s\\n' '#!/bin/sh' 'echo "$*" >>/var/tmp/consul-calls' >{fake} """
+                       f"&& chmod 0755 {fake} && rm -f /var/tmp/consul-calls")
+    try:
+        result = lab.apply(stack)
+        assert changed_steps(result["ran"]) == {"files", "schedule"}
+        state = lab.driver_state()
+        for node in lab.nodes:
+            definition = json.loads(lab.ssh(node, "cat /etc/consul.d/pgbackrest.json").stdout)
+            assert [c["args"] for c in definition["service"]["checks"]] == [[CHECK, "backup-age"],
+                                                                            [CHECK, "wal-archive"]]
+            out = state[f"cluster-{node}-files"]["outputs"]
+            if node == "pgnode1":
+                assert "consul: agent reloaded (/etc/consul.d/pgbackrest.json)" in out["stdout"]
+            else:
+                assert f"pgbackup: warning: node {node}: no Consul agent to reload" in out["stderr"]
+        assert lab.ssh("pgnode1", "cat /var/tmp/consul-calls").stdout == "reload\n"
+        result = lab.apply()  # pgbackup:monitoring.consul false again (Pulumi.lab.yaml): the definition goes
+        assert changed_steps(result["ran"]) == {"files", "schedule"}
+        for node in lab.nodes:
+            assert lab.ssh(node, "ls /etc/consul.d/pgbackrest.json 2>/dev/null || true").stdout == ""
+        assert lab.ssh("pgnode1", "cat /var/tmp/consul-calls").stdout == "reload\nreload\n"
+    finally:
+        lab.ssh("pgnode1", f"rm -f {fake} /var/tmp/consul-calls")
 
 
 def test_point_in_time_recovery_into_a_scratch_directory(lab: Lab) -> None:
@@ -355,25 +466,13 @@ def test_unreachable_endpoint_fails_clearly_without_secrets(lab: Lab) -> None:
 
 def test_s3_down_for_a_while_then_back_loses_no_wal(lab: Lab) -> None:
     leader = lab.leader()
-    pidfile = LAB_DIR / "run" / "nginx.pid"
-    sh("kill", "-TERM", pidfile.read_text().strip())  # S3 down: connections refused
-    try:
-        deadline = time.monotonic() + 30
-        while sh("curl", "-s", "-o", "/dev/null", "--cacert", lab.env["LAB_CA_FILE"], lab.env["LAB_S3_ENDPOINT"],
-                 check=False).returncode == 0:
-            assert time.monotonic() < deadline, "nginx did not stop"
-            time.sleep(0.5)
+    with lab.s3_down():
         lab.sql(leader, "CREATE TABLE IF NOT EXISTS outage (n int)")
         segments = []
         for i in range(3):
             lab.sql(leader, f"INSERT INTO outage SELECT generate_series(1, 1000) + {i * 1000}")
             segments.append(lab.switch_wal(leader))
-        deadline = time.monotonic() + 120
-        while int(lab.sql(leader, "SELECT failed_count FROM pg_stat_archiver")) == 0:
-            assert time.monotonic() < deadline, "archiving did not notice the outage"
-            time.sleep(2)
-    finally:
-        lab.boot_nodes()  # starts nginx again: S3 back (without up.sh's wait for streaming replicas)
+        lab.wait_archive_failure(leader)
     lab.wait_archived(segments[-1], timeout=240)
     for repo in (1, 2):
         result = lab.pgbackrest(leader, f"--log-level-console=warn --repo={repo} verify", check=False)
