@@ -17,7 +17,7 @@ import pytest
 
 from components.cluster import repo_of
 from lab import driver
-from lab.control import LAB_DIR, PG_DATA, STANZA, AuthenticatedS3, Lab, sh
+from lab.control import FACTS, LAB_DIR, PG_DATA, SCOPE, STANZA, AuthenticatedS3, Lab, sh
 
 pytestmark = pytest.mark.lab
 
@@ -169,9 +169,9 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
     try:
         lab.wait_healthy(timeout=180)
     except AssertionError:
-        journal = lab.ssh(victim, "journalctl -u patroni -u postgresql@15-main --no-pager -o cat -n 40", check=False)
+        journal = lab.ssh(victim, f"journalctl -u patroni -u postgresql@{FACTS['pg_version']}-main --no-pager -o cat -n 40", check=False)
         print(f"\n{victim} did not rejoin by itself: reinit. Its journal ends:\n{journal.stdout}")
-        sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", "lab", victim, "--force")
+        sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", SCOPE, victim, "--force")
         lab.wait_healthy(timeout=300)
     assert lab.leader() == new
     assert_archiving_and_backup_on(lab, new)
@@ -180,7 +180,7 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
 def test_replica_rebuilt_by_patroni_through_pgbackrest(lab: Lab) -> None:
     replica = lab.replicas()[0]
     since = lab.ssh(replica, "date +%s").stdout.strip()
-    sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", "lab", replica, "--force")
+    sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", SCOPE, replica, "--force")
     time.sleep(5)
     lab.wait_healthy(timeout=240)
     journal = lab.ssh(replica, f"journalctl -u patroni --no-pager -o cat --since @{since}").stdout
