@@ -19,12 +19,14 @@ case "$LAB_RELEASE" in
   trixie)
     LAB_SUITE=trixie
     LAB_PG_VERSION=17
+    LAB_PGBACKREST=2.55  # Debian's, which the program installs: what `pgbackrest.version` pins in the lab tests
     # systemd 257 boots under systemd-nspawn on this kind of host only with the unified cgroup hierarchy.
     LAB_NSPAWN_UNIFIED=1
     ;;
   bookworm)
     LAB_SUITE=bookworm
     LAB_PG_VERSION=15
+    LAB_PGBACKREST=2.45
     LAB_NSPAWN_UNIFIED=
     ;;
   *) printf 'LAB_RELEASE must be trixie or bookworm, not "%s"\n' "$LAB_RELEASE" >&2; exit 1 ;;

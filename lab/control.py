@@ -35,10 +35,10 @@ LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108
 def release_facts() -> dict[str, str]:
     """The lab's facts for LAB_RELEASE (default trixie), from their one place: lab/common.sh."""
     script = ('. "$1" && printf \'%s\\n\' "$LAB_RELEASE" "$LAB_SUITE" "$LAB_PG_VERSION" "$LAB_PG_BIN" '
-              '"$LAB_PG_DATA" "$LAB_SCOPE"')
+              '"$LAB_PG_DATA" "$LAB_SCOPE" "$LAB_PGBACKREST"')
     out = subprocess.run(["bash", "-c", script, "bash", str(ROOT / "lab" / "common.sh")], capture_output=True,
                          text=True, check=True).stdout.splitlines()
-    return dict(zip(["release", "suite", "pg_version", "pg_bin", "pg_data", "scope"], out, strict=True))
+    return dict(zip(["release", "suite", "pg_version", "pg_bin", "pg_data", "scope", "pgbackrest"], out, strict=True))
 
 
 FACTS = release_facts()

@@ -31,6 +31,8 @@ def test_deploy_from_nothing(lab: Lab) -> None:
     outputs = lab.first_apply["outputs"]
     assert outputs["stanzaStatus"] == {"code": 0, "message": "ok"}
     assert outputs["lastBackup"]["type"] == "full"
+    # The release's pgBackRest (lab/common.sh), the same on every node.
+    assert outputs["pgbackrestVersion"].startswith(f"{FACTS['pgbackrest']}."), outputs["pgbackrestVersion"]
     roles = {n["name"]: n["role"] for n in outputs["nodes"]}
     assert sorted(roles.values()) == ["leader", "replica", "replica"]
     assert roles[lab.leader()] == "leader"
@@ -483,3 +485,46 @@ def test_a_scoped_key_is_enough_and_a_wrong_secret_fails_clearly(lab: Lab) -> No
     finally:
         s3.close()
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
+
+
+def timed_incremental(lab: Lab, leader: str) -> float:
+    before = len(backups(lab))
+    started = time.monotonic()
+    lab.ssh(leader, "systemctl start pgbackup-backup-incr.service")
+    took = time.monotonic() - started
+    assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
+    assert len(backups(lab)) == before + 1
+    return took
+
+
+@pytest.mark.releases("trixie")
+def test_one_standby_stopped_the_scheduled_backup_and_the_check_succeed(lab: Lab) -> None:
+    """pgBackRest 2.54+ (pinned): backup-standby=prefer. With one standby's PostgreSQL stopped, the scheduled
+    backup still succeeds, from the other standby, and takes no longer than with every standby up (plus a
+    margin); the apply's `check` (verify step) succeeds too."""
+    pinned = {**lab.stack(), "pgbackup:pgbackrest": {**lab.stack()["pgbackup:pgbackrest"],
+                                                       "version": f"{FACTS['pgbackrest']}*"}}
+    result = lab.apply(stack=pinned)
+    assert result["outputs"]["stanzaStatus"]["code"] == 0
+    leader = lab.leader()
+    assert "backup-standby=prefer" in lab.ssh(leader, "cat /etc/pgbackrest/pgbackrest.conf").stdout
+    with_all = timed_incremental(lab, leader)
+    stopped = lab.replicas()[0]
+    # Patroni paused (it would start PostgreSQL again), then the standby's PostgreSQL stopped: the member stays.
+    sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "pause", "--wait")
+    try:
+        lab.ssh(stopped, f"cd /tmp && runuser -u postgres -- {FACTS['pg_bin']}/pg_ctl -D {PG_DATA} -m fast -w stop")
+        with_one_down = timed_incremental(lab, leader)
+        assert with_one_down <= with_all + 30, (with_all, with_one_down)
+        # The apply's check: a retention change runs the stanza and verify steps again.
+        changed = {**pinned, "pgbackup:retention": {**pinned["pgbackup:retention"], "full": 3}}
+        started = time.monotonic()
+        result = lab.apply(stack=changed)
+        assert {"stanza", "verify"} <= changed_steps(result["ran"])
+        assert result["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        print(f"incremental backup: {with_all:.1f} s with every standby up, {with_one_down:.1f} s with "
+              f"{stopped} stopped; apply with the check {time.monotonic() - started:.1f} s")
+    finally:
+        sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "resume", "--wait")
+    lab.wait_healthy()
+    assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
