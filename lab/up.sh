@@ -350,6 +350,14 @@ boot_node() {
     log "$name already running (pid $(cat "$RUN/$name.pid"))"
     return 0
   fi
+  # What a killed node left in its cgroups goes first: a Debian 13 node booted onto the unit cgroups of its
+  # previous life has every new unit killed (signal 9) at start.
+  for base in $(cgroup_bases); do
+    if [ -d "$base/pgbackup-lab/$name" ]; then
+      find "$base/pgbackup-lab/$name" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null \
+        || log "$name: some of its old cgroups under $base are still in use"
+    fi
+  done
   (
     enter_node_cgroup "$name"
     exec setsid systemd-nspawn --quiet -D "$dir/root" -M "$name" --boot --register=no --keep-unit
