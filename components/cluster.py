@@ -51,6 +51,7 @@ class BackupCluster(pulumi.ComponentResource):
     stanza_status: pulumi.Output[dict[str, Any]]
     last_backup: pulumi.Output[dict[str, Any] | None]
     wal_archive: pulumi.Output[dict[str, Any] | None]
+    pgbackrest_version: pulumi.Output[str]
 
     def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgbackup:cluster:BackupCluster", name, None, opts)
@@ -140,6 +141,10 @@ class BackupCluster(pulumi.ComponentResource):
                 delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
             )
 
+        # pgBackRest requires the same version on every host it talks to: one version, or the apply fails.
+        names = [node.name for node in cluster.nodes]
+        self.pgbackrest_version = pulumi.Output.all(*[n.install.stdout for n in nodes.values()]).apply(
+            lambda outs: agreed_version(names, outs))
         reports = pulumi.Output.all(*[s.stdout for s in verify_steps]).apply(
             lambda outs: [parse_verify(out) for out in outs]
         )
@@ -160,8 +165,27 @@ class BackupCluster(pulumi.ComponentResource):
                 "stanza_status": self.stanza_status,
                 "last_backup": self.last_backup,
                 "wal_archive": self.wal_archive,
+                "pgbackrest_version": self.pgbackrest_version,
             }
         )
+
+
+class VersionMismatch(Exception):
+    """The nodes run different pgBackRest versions (found by the install steps)."""
+
+
+def agreed_version(names: Sequence[str], install_outputs: Sequence[str]) -> str:
+    """The one pgBackRest version every install step reported ("pgbackrest <version>", its last such line);
+    VersionMismatch names each node and its version when they differ."""
+    versions: dict[str, str] = {}
+    for name, out in zip(names, install_outputs, strict=True):
+        found = [line.split(" ", 1)[1].strip() for line in out.splitlines() if line.startswith("pgbackrest ")]
+        versions[name] = found[-1] if found else "unknown (the install step printed no version)"
+    if len(set(versions.values())) != 1:
+        raise VersionMismatch("pgBackRest must be the same version on every node, but "
+                              + ", ".join(f"{name} runs {v}" for name, v in versions.items())
+                              + ": set pgbackup:pgbackrest.version to pin one")
+    return next(iter(versions.values()))
 
 
 def _leader_info(reports: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -383,7 +383,9 @@ class PgBackRestConfig(_Model):
     archive_push_queue_max: str | None = Field(default="4GiB", description="null: never drop WAL")
     backup_standby: bool = Field(default=True)
     start_fast: bool = Field(default=False)
-    version: str | None = Field(default=None, description="apt version pin, e.g. 2.45-1 or 2.51*")
+    version: str | None = Field(default=None, description="apt version pin, e.g. 2.45-1 or 2.55*; also turns on "
+                                "the features of the lowest version it admits (backup-standby=prefer, "
+                                "repo-block with repo-bundle from 2.54)")
     archive_timeout: int = Field(default=60, ge=1, le=3600, description="Patroni archive_timeout (s): the RPO bound")
     tls_server_port: int = Field(default=8432, ge=1, le=65535, description="pgBackRest TLS server port")
 
@@ -400,6 +402,14 @@ class PgBackRestConfig(_Model):
         if value is not None and not _APT_VERSION.fullmatch(value):
             raise ValueError("expected a Debian version such as 2.45-1 or a prefix with '*' such as 2.51*")
         return value
+
+    @property
+    def feature_version(self) -> tuple[int, int]:
+        """The lowest pgBackRest (major, minor) the `version` pin admits ("2.55*" -> (2, 55), "2.5*" -> (2, 5));
+        without a pin, (2, 45): Debian 12's, the oldest the program supports. Features follow it, never the
+        version a node happens to run, so what is rendered does not depend on the apply."""
+        match = re.match(r"^(?:[0-9]+:)?([0-9]+)\.([0-9]+)", self.version or "")
+        return (int(match[1]), int(match[2])) if match else (2, 45)
 
     @model_validator(mode="after")
     def _level(self) -> PgBackRestConfig:

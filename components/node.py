@@ -87,6 +87,9 @@ def template_context(settings: Settings, node: NodeConfig, step: str = "") -> di
         "cluster": settings.cluster,
         "retention": settings.retention,
         "pgbackrest": settings.pgbackrest,
+        # 2.54: backup-standby=prefer (a standby that is down no longer fails check or a backup); block
+        # incremental (repo-block, which needs repo-bundle) for smaller incrementals.
+        "since_2_54": settings.pgbackrest.feature_version >= (2, 54),
         "paths": PATHS,
         "primary_url": primary_url(settings, node),
     }

@@ -8,7 +8,32 @@ LAB_S3_PORT=${LAB_S3_PORT:-9443}
 LAB_MOTO_PORT=${LAB_MOTO_PORT:-9000}
 LAB_ETCD_PORT=${LAB_ETCD_PORT:-2379}
 LAB_ETCD_PEER_PORT=${LAB_ETCD_PEER_PORT:-2380}
-LAB_SUITE=bookworm
+# The release the nodes run: the one place for the lab's facts (each tool derives its paths from these).
+#   trixie   (default): Debian 13, PostgreSQL 17, Patroni 4, pgBackRest 2.55 -- the design's stack
+#   bookworm           Debian 12, PostgreSQL 15, Patroni 3.0.2, pgBackRest 2.45
+# up.sh writes them into env.sh/env.json (LAB_RELEASE, LAB_PG_VERSION, LAB_PG_BIN, LAB_PG_DATA,
+# LAB_PATRONI_SCOPE); lab/control.py and lab/driver.py read them from there, and the driver applies the
+# program with the release's pgVersion.
+LAB_RELEASE=${LAB_RELEASE:-trixie}
+case "$LAB_RELEASE" in
+  trixie)
+    LAB_SUITE=trixie
+    LAB_PG_VERSION=17
+    LAB_PGBACKREST=2.55  # Debian's, which the program installs: what `pgbackrest.version` pins in the lab tests
+    # systemd 257 boots under systemd-nspawn on this kind of host only with the unified cgroup hierarchy.
+    LAB_NSPAWN_UNIFIED=1
+    ;;
+  bookworm)
+    LAB_SUITE=bookworm
+    LAB_PG_VERSION=15
+    LAB_PGBACKREST=2.45
+    LAB_NSPAWN_UNIFIED=
+    ;;
+  *) printf 'LAB_RELEASE must be trixie or bookworm, not "%s"\n' "$LAB_RELEASE" >&2; exit 1 ;;
+esac
+LAB_PG_BIN=/usr/lib/postgresql/$LAB_PG_VERSION/bin
+LAB_PG_DATA=/var/lib/postgresql/$LAB_PG_VERSION/main
+export LAB_RELEASE
 LAB_HOSTS_BEGIN="# BEGIN pgbackup-lab"
 LAB_HOSTS_END="# END pgbackup-lab"
 LAB_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

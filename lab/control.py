@@ -31,9 +31,21 @@ from lab import driver
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108 -- the lab's own state
-STANZA = "lab"
-PG_BIN = "/usr/lib/postgresql/15/bin"
-PG_DATA = "/var/lib/postgresql/15/main"
+
+
+def release_facts() -> dict[str, str]:
+    """The lab's facts for LAB_RELEASE (default trixie), from their one place: lab/common.sh."""
+    script = ('. "$1" && printf \'%s\\n\' "$LAB_RELEASE" "$LAB_SUITE" "$LAB_PG_VERSION" "$LAB_PG_BIN" '
+              '"$LAB_PG_DATA" "$LAB_SCOPE" "$LAB_PGBACKREST"')
+    out = subprocess.run(["bash", "-c", script, "bash", str(ROOT / "lab" / "common.sh")], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    return dict(zip(["release", "suite", "pg_version", "pg_bin", "pg_data", "scope", "pgbackrest"], out, strict=True))
+
+
+FACTS = release_facts()
+RELEASE, PG_BIN, PG_DATA, SCOPE = FACTS["release"], FACTS["pg_bin"], FACTS["pg_data"], FACTS["scope"]
+# The stanza is the program's configuration: Pulumi.lab.yaml's.
+STANZA: str = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]["pgbackup:cluster"]["stanza"]
 
 
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -191,7 +203,8 @@ class Lab:
             self.ssh(node, "systemctl stop patroni")
         step("1 stop Patroni")
         # 2. The cluster's state in the DCS forgotten (patronictl asks for the scope, then for the phrase).
-        self.ssh(leader, "printf '%s\\n' lab 'Yes I am aware' | patronictl -c /etc/patroni/patroni.yml remove lab")
+        self.ssh(leader, f"printf '%s\\n' {SCOPE} 'Yes I am aware' | "
+                         f"patronictl -c /etc/patroni/patroni.yml remove {SCOPE}")
         step("2 patronictl remove")
         # 3. Restore to the target; replay to it and promote by hand, no client able to connect; stop.
         self.pgbackrest(leader, f"--delta --type=time '--target={target}' --target-action=promote "
@@ -275,6 +288,7 @@ def start_lab(fresh: bool = True) -> Lab:
         sh(str(ROOT / "lab" / "down.sh"), timeout=300)
     sh(str(ROOT / "lab" / "up.sh"), timeout=1800)
     env: dict[str, str] = json.loads((LAB_DIR / "env.json").read_text())
+    assert (env["LAB_RELEASE"], env["LAB_PG_DATA"]) == (RELEASE, PG_DATA), f"the lab runs {env['LAB_RELEASE']}"
     started = time.monotonic()
     first = driver.apply(LAB_DIR, env, ROOT / "Pulumi.lab.yaml")
     return Lab(env=env, first_apply=first, first_apply_seconds=time.monotonic() - started)

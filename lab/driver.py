@@ -462,6 +462,10 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
     (pgbackup:<key>), as `pulumi config set --secret` would give them."""
     engine = LabEngine(lab_dir, env)
     config = stack_config(stack_file)
+    if "LAB_PG_VERSION" in env:
+        # The nodes' PostgreSQL is the lab release's (lab/common.sh): as `pulumi config set --path
+        # pgbackup:cluster.pgVersion <it>` would set it. Pulumi.lab.yaml says the default release's.
+        config["pgbackup:cluster"] = {**config.get("pgbackup:cluster", {}), "pgVersion": int(env["LAB_PG_VERSION"])}
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
     for key, value in (extra_secrets or {}).items():

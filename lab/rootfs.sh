@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build (once) the Debian bookworm root file system the lab nodes boot from.
+# Build (once) the Debian root file system the lab nodes boot from: $LAB_RELEASE (common.sh), bookworm or trixie.
 # The finished tree is cached in $LAB_DIR/cache/rootfs-<key>; a second run only checks it.
 # Usage: lab/rootfs.sh [--rebuild]
 set -euo pipefail
@@ -11,9 +11,10 @@ lab_lock
 # Bump ROOTFS_VERSION whenever the recipe below changes in a way the package lists do not show.
 ROOTFS_VERSION=4
 BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,ca-certificates,curl,sudo,less
-NODE_PACKAGES="postgresql-15 postgresql-client-15 patroni python3-etcd python3-psycopg2 jq procps rsync"
+NODE_PACKAGES="postgresql-$LAB_PG_VERSION postgresql-client-$LAB_PG_VERSION patroni python3-etcd python3-psycopg2 jq procps rsync"
 
 key=$(printf '%s|%s|%s|%s' "$ROOTFS_VERSION" "$LAB_SUITE" "$BASE_PACKAGES" "$NODE_PACKAGES" | sha256sum | cut -c1-12)
+# The key covers the release (its suite and package list): bookworm and trixie images are cached side by side.
 ROOTFS="$LAB_DIR/cache/rootfs-$key"
 
 if [ "${1:-}" = "--rebuild" ]; then
@@ -27,12 +28,17 @@ fi
 
 command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
 
-# The host's own Debian mirror (first URI of the first deb822 stanza that carries $LAB_SUITE).
+# The nodes' apt sources: the host's own (same mirrors, same keyrings), with the host's release name replaced
+# by the lab's in every Suites line (bookworm-security becomes trixie-security, and so on).
 SOURCES=/etc/apt/sources.list.d/debian.sources
-MIRROR=${LAB_MIRROR:-$(awk -v suite="$LAB_SUITE" '
+HOST_SUITE=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+[ -n "$HOST_SUITE" ] || die "no VERSION_CODENAME in /etc/os-release"
+NODE_SOURCES=$(sed "/^Suites:/ s/\\<$HOST_SUITE\\>/$LAB_SUITE/g" "$SOURCES")
+# The mirror to bootstrap from: the first URI of the first stanza that carries $LAB_SUITE.
+MIRROR=${LAB_MIRROR:-$(printf '%s\n' "$NODE_SOURCES" | awk -v suite="$LAB_SUITE" '
   /^URIs:/ { uri = $2 }
   /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite && uri != "") { print uri; exit } }
-  /^$/ { uri = "" }' "$SOURCES")}
+  /^$/ { uri = "" }')}
 [ -n "$MIRROR" ] || die "no mirror for $LAB_SUITE found in $SOURCES"
 
 mkdir -p "$LAB_DIR/cache"
@@ -55,7 +61,7 @@ log "debootstrap done ($(elapsed)s)"
 # apt inside the nodes reaches the mirror exactly as the host's apt does: same sources, same Acquire settings
 # (proxy, validity checks). The nodes share the host's network and get a copy of its resolv.conf.
 rm -f "$BUILD/etc/apt/sources.list"
-cp "$SOURCES" "$BUILD/etc/apt/sources.list.d/debian.sources"
+printf '%s\n' "$NODE_SOURCES" >"$BUILD/etc/apt/sources.list.d/debian.sources"
 for f in /etc/apt/apt.conf.d/*; do
   # Acquire settings (proxy, Check-Valid-Until, ...), but no hooks that call tools the node lacks.
   if [ -f "$f" ] && grep -qiE '^[[:space:]]*Acquire' "$f" && ! grep -qi 'Invoke' "$f"; then
@@ -79,7 +85,7 @@ chroot "$BUILD" /usr/bin/env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 sh -e
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $NODE_PACKAGES
   # Patroni creates and owns the cluster: drop the one Debian's postinst made, make no new ones.
-  if [ -d /etc/postgresql/15/main ]; then pg_dropcluster 15 main; fi
+  if [ -d /etc/postgresql/$LAB_PG_VERSION/main ]; then pg_dropcluster $LAB_PG_VERSION main; fi
   sed -i 's/^#\\?[[:space:]]*create_main_cluster.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
   apt-get clean
 " >"$LAB_DIR/cache/chroot-install.log" 2>&1 || { tail -30 "$LAB_DIR/cache/chroot-install.log" >&2; die "package install failed"; }
@@ -104,7 +110,7 @@ done
 # sshd gets its address from up.sh; a name for the lab root user's shells.
 printf 'export LANG=C.UTF-8\n' >"$BUILD/etc/profile.d/lab-lang.sh"
 
-printf 'version=%s key=%s built=%s mirror=%s\n' "$ROOTFS_VERSION" "$key" "$(date -u +%FT%TZ)" "$MIRROR" \
+printf 'version=%s release=%s key=%s built=%s mirror=%s\n' "$ROOTFS_VERSION" "$LAB_RELEASE" "$key" "$(date -u +%FT%TZ)" "$MIRROR" \
   >"$BUILD/.lab-rootfs-complete"
 rm -rf "$ROOTFS"
 mv "$BUILD" "$ROOTFS"

@@ -44,7 +44,13 @@ start_daemon() {
   log "$name started (pid $!)"
 }
 
-# ---------------------------------------------------------------- root file system
+# ---------------------------------------------------------------- release and root file system
+# A lab runs one release: nodes of another are never booted beside (or on top of) what LAB_DIR holds.
+if [ -s "$LAB_DIR/release" ] && [ "$(cat "$LAB_DIR/release")" != "$LAB_RELEASE" ]; then
+  die "this lab runs $(cat "$LAB_DIR/release"), not LAB_RELEASE=$LAB_RELEASE: lab/down.sh first"
+fi
+printf '%s\n' "$LAB_RELEASE" >"$LAB_DIR/release"
+log "release $LAB_RELEASE: Debian $LAB_SUITE, PostgreSQL $LAB_PG_VERSION"
 ROOTFS=$("$LAB_SCRIPTS/rootfs.sh" | tail -n 1)
 [ -f "$ROOTFS/.lab-rootfs-complete" ] || die "rootfs.sh gave no usable tree"
 phase "rootfs"
@@ -207,13 +213,14 @@ mount_node() {
 }
 
 # enter_node_cgroup NAME: move the calling (sub)shell into the node's own cgroup (see cgroup_bases); every
-# systemd-nspawn of a node runs from there.
+# systemd-nspawn of a node runs from there, with the cgroup layout its release needs (LAB_NSPAWN_UNIFIED).
 enter_node_cgroup() {
   local base
   for base in $(cgroup_bases); do
     mkdir -p "$base/pgbackup-lab/$1"
     echo "$BASHPID" >"$base/pgbackup-lab/$1/cgroup.procs"
   done
+  if [ -n "$LAB_NSPAWN_UNIFIED" ]; then export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1; fi
 }
 
 # configure_node INDEX: identity, names, sshd and Patroni configuration of a node (before it boots).
@@ -291,8 +298,8 @@ bootstrap:
 postgresql:
   listen: $addr:5432
   connect_address: $name:5432
-  data_dir: /var/lib/postgresql/15/main
-  bin_dir: /usr/lib/postgresql/15/bin
+  data_dir: $LAB_PG_DATA
+  bin_dir: $LAB_PG_BIN
   pgpass: /var/lib/postgresql/.pgpass_patroni
   use_unix_socket: true
   authentication:
@@ -343,6 +350,14 @@ boot_node() {
     log "$name already running (pid $(cat "$RUN/$name.pid"))"
     return 0
   fi
+  # What a killed node left in its cgroups goes first: a Debian 13 node booted onto the unit cgroups of its
+  # previous life has every new unit killed (signal 9) at start.
+  for base in $(cgroup_bases); do
+    if [ -d "$base/pgbackup-lab/$name" ]; then
+      find "$base/pgbackup-lab/$name" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null \
+        || log "$name: some of its old cgroups under $base are still in use"
+    fi
+  done
   (
     enter_node_cgroup "$name"
     exec setsid systemd-nspawn --quiet -D "$dir/root" -M "$name" --boot --register=no --keep-unit
@@ -435,6 +450,10 @@ fi
 cat >"$LAB_DIR/env.sh" <<EOF
 # pgbackup lab environment, written by lab/up.sh. Source it: . $LAB_DIR/env.sh
 export LAB_DIR=$LAB_DIR
+export LAB_RELEASE=$LAB_RELEASE
+export LAB_PG_VERSION=$LAB_PG_VERSION
+export LAB_PG_BIN=$LAB_PG_BIN
+export LAB_PG_DATA=$LAB_PG_DATA
 export LAB_NODES="${NAMES[*]}"
 export LAB_NODE_ADDRS="${ADDRS[*]}"
 export LAB_SSH_USER=root

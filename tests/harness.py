@@ -65,6 +65,8 @@ def healthy_stdout(args: pulumi.runtime.MockResourceArgs) -> str:
         node = name.removeprefix("cluster-").removesuffix("-verify")
         leader = node == LEADER.get("name")
         return verify_report(node, "leader" if leader else "replica", HEALTHY_INFO if leader else None) + "\n"
+    if name.endswith("-install"):
+        return "pgbackrest 2.45-1\n"
     return ""
 
 

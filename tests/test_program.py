@@ -186,7 +186,8 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     provider, run = provider_run
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
-                            "stanzaStatus", "lastBackup", "walArchive", "alertRules"}
+                            "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion"}
+    assert outputs["pgbackrestVersion"] == "2.45-1"
     assert outputs["storage"]["provider"] == provider
     assert outputs["storage"]["repoPath"] == "/repo"
     assert set(outputs["storage"]) == {"provider", "endpoint", "region", "bucket", "repoPath", "uriStyle"}
@@ -235,3 +236,14 @@ def test_preview_leaves_apply_time_outputs_unknown() -> None:
     assert run.outputs["storage"]["bucket"] == "pg-backups"
     for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive"):
         assert run.outputs[key] is UNKNOWN, key
+
+
+def test_nodes_with_different_pgbackrest_versions_fail_the_apply_naming_them() -> None:
+    def stdout(args: Any) -> str:
+        if args.name == "cluster-pg2-install":
+            return "installed: pgbackrest\npgbackrest 2.55.1-1\n"
+        return healthy_stdout(args)
+
+    with pytest.raises(Exception, match=r"pg1 runs 2\.45-1, pg2 runs 2\.55\.1-1, pg3 runs 2\.45-1: set "
+                                        r"pgbackup:pgbackrest\.version"):
+        run_program(stack_config(), command_stdout=stdout)

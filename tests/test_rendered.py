@@ -305,3 +305,18 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
         result = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
                                 check=False, cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("pin", "prefer_and_block"), [(None, False), ("2.45-1", False), ("2.53*", False),
+                                                       ("2.5*", False), ("2.54-1", True), ("2.55*", True),
+                                                       ("1:2.60-1", True)])
+def test_pgbackrest_features_follow_the_version_pin(pin: str | None, prefer_and_block: bool) -> None:
+    """From 2.54 (the lowest version the pin admits): backup-standby=prefer, and block incremental with
+    bundling in every repository; below, or without a pin, 2.45's options, which its parser accepts."""
+    run = run_program(stack_config(retention={"monthly": 2}, pgbackrest={"version": pin} if pin else {}))
+    for node in node_names(run):
+        options = {k: v for _, k, v in option_lines(node_files(run, node)["/etc/pgbackrest/pgbackrest.conf"]["content"])}
+        assert options["backup-standby"] == ("prefer" if prefer_and_block else "y")
+        for repo in (1, 2):
+            assert options.get(f"repo{repo}-block") == ("y" if prefer_and_block else None)
+            assert options.get(f"repo{repo}-bundle") == ("y" if prefer_and_block else None)

@@ -7,13 +7,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.control import Lab, start_lab, stop_lab
+from lab.control import RELEASE, Lab, start_lab, stop_lab
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "releases(*names): lab releases the test is for (default: every one)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Lab tests are marked `lab`; a test for other releases than LAB_RELEASE's is deselected (the feature
+    it proves does not exist there), not skipped."""
+    other_release: list[pytest.Item] = []
     for item in items:
         if "tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
+            marker = item.get_closest_marker("releases")
+            if marker is not None and RELEASE not in marker.args:
+                other_release.append(item)
+    if other_release:
+        config.hook.pytest_deselected(items=other_release)
+        items[:] = [item for item in items if item not in other_release]
 
 
 @pytest.fixture(scope="session")
