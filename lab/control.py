@@ -14,6 +14,7 @@ import re
 import shlex
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -357,7 +358,7 @@ class AuthenticatedS3:
 
     def __init__(self, lab: Lab, bucket: str, prefix: str, port: int = 9444, moto_port: int = 9101) -> None:
         self.endpoint = f"localhost:{port}"
-        moto = str(Path(driver.__file__).resolve().parent.parent / ".venv" / "bin" / "moto_server")
+        moto = str(Path(sys.executable).parent / "moto_server")  # the running venv's (a worktree may have none)
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
         self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

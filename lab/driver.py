@@ -27,6 +27,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -426,7 +427,10 @@ class LabEngine(pulumi.runtime.Mocks):
         if status != 0:
             # pulumi-command shows the whole output; keep its error lines and its end.
             lines = (out + "\n" + err).strip().splitlines()
-            errors = [line for line in lines if line.startswith(("ERROR", "WARN", "pgbackup:"))]
+            # pgBackRest's own lines carry a timestamp and process first ("2026-... P00  ERROR: [039]: ..."),
+            # and 2.55 follows an HTTP error with a dozen lines of response headers.
+            errors = [line for line in lines
+                      if line.startswith(("ERROR", "WARN", "pgbackup:")) or re.search(r" P\d+ +(ERROR|WARN): ", line)]
             shown = list(dict.fromkeys(errors[:6] + lines[-10:]))
             raise StepFailed(f"{name}: Process exited with status {status}\n" + "\n".join(shown))
         # pulumi-command returns the output without its trailing newline.
