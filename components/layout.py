@@ -73,7 +73,7 @@ DIRECTORIES = {
         Directory(PATHS.config_dir, "root", "postgres", "0750"),
         Directory(PATHS.tls_dir, "root", "postgres", "0750"),
         Directory(PATHS.unit_dir, "root", "root", "0755"),
-        Directory("/etc/tmpfiles.d", "root", "root", "0755"),
+        Directory(PATHS.tmpfiles.rsplit("/", 1)[0], "root", "root", "0755"),
         Directory(PATHS.metrics_dir, "root", "root", "0755"),
         # Consul's configuration directory (pgbackup:monitoring.consul): the agent only reads it.
         Directory(PATHS.consul_dir, "root", "root", "0755"),
