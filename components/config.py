@@ -337,6 +337,18 @@ class ClusterConfig(_Model):
         return self
 
 
+def _check_calendar(value: str) -> str:
+    # What is validated is what the timer gets: words joined by single spaces, ASCII only.
+    calendar = " ".join(value.split())
+    try:
+        if not calendar.isascii():
+            raise CalendarError("only ASCII letters, digits and punctuation")
+        validate_calendar(calendar)
+    except CalendarError as err:
+        raise ValueError(f"expected a systemd calendar expression (systemd.time(7)): {err}") from None
+    return calendar
+
+
 class ScheduleConfig(_Model):
     """`pgbackup:schedule`: one systemd calendar expression per backup type."""
 
@@ -350,15 +362,7 @@ class ScheduleConfig(_Model):
     @field_validator("full", "incremental", "monthly")
     @classmethod
     def _calendar(cls, value: str) -> str:
-        # What is validated is what the timer gets: words joined by single spaces, ASCII only.
-        calendar = " ".join(value.split())
-        try:
-            if not calendar.isascii():
-                raise CalendarError("only ASCII letters, digits and punctuation")
-            validate_calendar(calendar)
-        except CalendarError as err:
-            raise ValueError(f"expected a systemd calendar expression (systemd.time(7)): {err}") from None
-        return calendar
+        return _check_calendar(value)
 
 
 class RetentionConfig(_Model):
@@ -425,6 +429,39 @@ class MonitoringConfig(_Model):
     consul: bool = Field(default=False, description="Register the pgbackrest service and its checks with Consul")
 
 
+class DrillConfig(_Model):
+    """`pgbackup:drill`: scheduled verification of the repositories and restore drills."""
+
+    verify_schedule: str = Field(default="*-*-* 05:00:00",
+                                 description="Calendar of `pgbackrest verify` of each repository (leader)")
+    schedule: str = Field(default="Wed *-*-* 05:30:00",
+                          description="Calendar of the restore drill of repo1's newest backup (one node)")
+    monthly_schedule: str = Field(default="Sun *-*-08..14 06:00:00",
+                                  description="Calendar of the drill of repo2's newest monthly archive "
+                                              "(with retention.monthly); the second Sunday of the month")
+    path: str = Field(default="/var/lib/postgresql/pgbackup-drill",
+                      description="Scratch directory the drill restores into and deletes afterwards")
+    node: str | None = Field(default=None,
+                             description="The node that runs the drill; unset: a replica chosen at run time")
+    amcheck: bool = Field(default=False, description="Run pg_amcheck on the restored copy")
+    rto_budget_seconds: int = Field(default=1800, ge=60, le=7 * 86400,
+                                    description="Alert when a drill's restore-to-ready time exceeds this")
+
+    @field_validator("verify_schedule", "schedule", "monthly_schedule")
+    @classmethod
+    def _calendar(cls, value: str) -> str:
+        return _check_calendar(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        path = _check_path(value)
+        if path == "/" or path.count("/") < 2:
+            raise ValueError("expected a directory at least two levels deep, e.g. /var/lib/postgresql/drill "
+                             "(the drill deletes what it restored there)")
+        return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the program needs, validated. Secrets stay `pulumi.Output`s."""
@@ -435,6 +472,7 @@ class Settings:
     retention: RetentionConfig
     pgbackrest: PgBackRestConfig
     monitoring: MonitoringConfig
+    drill: DrillConfig
     ssh_private_key: pulumi.Output[str]
     cipher_pass: pulumi.Output[str] | None
     access_key_id: pulumi.Output[str] | None
@@ -497,6 +535,7 @@ OBJECT_KEYS: dict[str, tuple[type[_Model], bool]] = {
     "retention": (RetentionConfig, False),
     "pgbackrest": (PgBackRestConfig, False),
     "monitoring": (MonitoringConfig, False),
+    "drill": (DrillConfig, False),
 }
 SECRET_KEYS = ("sshPrivateKey", "cipherPass", "accessKeyId", "secretAccessKey")
 KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
@@ -562,14 +601,15 @@ def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) 
 
 
 def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
-        StorageConfig, ClusterConfig, ScheduleConfig, RetentionConfig, PgBackRestConfig, MonitoringConfig]:
+        StorageConfig, ClusterConfig, ScheduleConfig, RetentionConfig, PgBackRestConfig, MonitoringConfig,
+        DrillConfig]:
     """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly.
     With `stack`, the storage key's name (which holds the stack's name) is checked too."""
     check_known_keys(raw)
     parsed = {key: _parse(key, raw.get(key), model, required) for key, (model, required) in OBJECT_KEYS.items()}
-    storage, cluster, schedule, retention, pgbackrest, monitoring = (
+    storage, cluster, schedule, retention, pgbackrest, monitoring, drill = (
         parsed["storage"], parsed["cluster"], parsed["schedule"], parsed["retention"], parsed["pgbackrest"],
-        parsed["monitoring"])
+        parsed["monitoring"], parsed["drill"])
     _check_host_keys(cluster)
     if stack is not None:
         _check_key_name(storage, cluster, stack)
@@ -578,7 +618,15 @@ def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
             f"{NAMESPACE}:pgbackrest.backupStandby: needs at least two nodes in pgbackup:cluster.nodes "
             "(pgBackRest 2.45 fails when no standby is reachable); set it to false for a single node"
         )
-    return storage, cluster, schedule, retention, pgbackrest, monitoring
+    names = [node.name for node in cluster.nodes]
+    if drill.node is not None and drill.node not in names:
+        raise ConfigError(f"{NAMESPACE}:drill.node: {drill.node!r} is not a node of pgbackup:cluster.nodes "
+                          f"(expected one of {', '.join(names)})")
+    if drill.path == cluster.pg_data or drill.path.startswith(f"{cluster.pg_data}/") \
+            or cluster.pg_data.startswith(f"{drill.path}/"):
+        raise ConfigError(f"{NAMESPACE}:drill.path: {drill.path!r} overlaps the data directory "
+                          f"{cluster.pg_data!r} (the drill deletes what it restored)")
+    return storage, cluster, schedule, retention, pgbackrest, monitoring, drill
 
 
 # A passphrase shorter than this is accepted with a warning (the generated one has 64 characters).
@@ -614,7 +662,8 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     config = config or pulumi.Config(NAMESPACE)
     check_known_keys(stack_keys())
     raw = {key: _object(config, key) for key in OBJECT_KEYS}
-    storage, cluster, schedule, retention, pgbackrest, monitoring = parse_settings(raw, stack=pulumi.get_stack())
+    storage, cluster, schedule, retention, pgbackrest, monitoring, drill = parse_settings(
+        raw, stack=pulumi.get_stack())
     if cluster.insecure_skip_host_key_check:
         unpinned = unpinned_nodes(cluster)
         pulumi.log.warn(
@@ -648,6 +697,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         retention=retention,
         pgbackrest=pgbackrest,
         monitoring=monitoring,
+        drill=drill,
         ssh_private_key=ssh_key,
         cipher_pass=_secret(config, "cipherPass"),
         access_key_id=access_key_id,

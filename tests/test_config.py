@@ -42,7 +42,7 @@ def with_nodes(nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_defaults() -> None:
-    storage, cluster, schedule, retention, pgbackrest, monitoring = parse()
+    storage, cluster, schedule, retention, pgbackrest, monitoring, drill = parse()
     assert storage.repo_path == "/pgbackrest"
     assert storage.uri_style == "path"
     assert storage.verify_tls
@@ -66,6 +66,27 @@ def test_defaults() -> None:
     assert pgbackrest.archive_push_queue_max == "4GiB"
     assert pgbackrest.version is None
     assert not monitoring.consul  # no Consul service unless asked
+    assert (drill.verify_schedule, drill.schedule) == ("*-*-* 05:00:00", "Wed *-*-* 05:30:00")
+    assert (drill.path, drill.node, drill.amcheck, drill.rto_budget_seconds) == (
+        "/var/lib/postgresql/pgbackup-drill", None, False, 1800)
+
+
+@pytest.mark.parametrize(("drill", "message"), [
+    ({"node": "pg9"}, r"pgbackup:drill.node: 'pg9' is not a node of pgbackup:cluster.nodes \(expected one of "),
+    ({"path": "/var/lib/postgresql/15/main/x"}, r"pgbackup:drill.path: .* overlaps the data directory"),
+    ({"path": "/var/lib/postgresql"}, r"pgbackup:drill.path: .* overlaps the data directory"),
+    ({"path": "/drill"}, r"pgbackup:drill.path: expected a directory at least two levels deep"),
+    ({"schedule": "weekly-ish"}, r"pgbackup:drill.schedule: expected a systemd calendar expression"),
+    ({"rtoBudgetSeconds": 10}, r"pgbackup:drill.rtoBudgetSeconds: "),
+])
+def test_drill_mistakes_name_the_key(drill: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(drill=drill)
+
+
+def test_drill_node_pins_a_node_of_the_cluster() -> None:
+    name = stack_config()["cluster"]["nodes"][1]["name"]
+    assert parse(drill={"node": name})[6].node == name
 
 
 def test_pg_data_follows_pg_version() -> None:
@@ -295,7 +316,7 @@ def test_the_b2_key_name_is_checked_for_the_running_stack() -> None:
 def test_an_unknown_top_level_key_is_refused_listing_the_known_ones() -> None:
     run = Run()
     with pytest.raises(Exception, match=r"pgbackup:retension: unknown key \(known keys: storage, cluster, schedule, "
-                                        r"retention, pgbackrest, monitoring, sshPrivateKey, cipherPass, accessKeyId, "
+                                        r"retention, pgbackrest, monitoring, drill, sshPrivateKey, cipherPass, accessKeyId, "
                                         r"secretAccessKey\)"):
         run_program(stack_config(retension={"full": 9}), run=run)
     assert run.resources == []

@@ -144,9 +144,10 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
 
 
 def valid_settings(config: dict[str, Any] | None = None) -> Settings:
-    storage, cluster, schedule, retention, pgbackrest, monitoring = parse_settings(config or stack_config())
+    storage, cluster, schedule, retention, pgbackrest, monitoring, drill = parse_settings(config or stack_config())
     nothing = cast(Any, None)
-    return Settings(storage, cluster, schedule, retention, pgbackrest, monitoring, nothing, nothing, nothing, nothing)
+    return Settings(storage, cluster, schedule, retention, pgbackrest, monitoring, drill, nothing, nothing, nothing,
+                    nothing)
 
 
 def bypassing_validation(settings: Settings, field: str, value: str) -> Settings:
@@ -162,7 +163,7 @@ def bypassing_validation(settings: Settings, field: str, value: str) -> Settings
     else:
         schedule = schedule.model_copy(update={field: value})
     return Settings(storage, cluster, schedule, settings.retention, settings.pgbackrest, settings.monitoring,
-                    settings.ssh_private_key,
+                    settings.drill, settings.ssh_private_key,
                     settings.cipher_pass, settings.access_key_id, settings.secret_access_key)
 
 
