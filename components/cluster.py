@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pulumi
 import pulumi_random as random
 
+from components import report
 from components.config import Settings
 from components.layout import METRICS_UNIT, TLS_SERVER_UNIT
 from components.node import (
@@ -24,7 +24,6 @@ from components.node import (
     PgBackRestNodeArgs,
     RepositorySecrets,
     dynamic_config,
-    parse_verify,
     retired_units,
     template_context,
     timers,
@@ -146,7 +145,7 @@ class BackupCluster(pulumi.ComponentResource):
         self.pgbackrest_version = pulumi.Output.all(*[n.install.stdout for n in nodes.values()]).apply(
             lambda outs: agreed_version(names, outs))
         reports = pulumi.Output.all(*[s.stdout for s in verify_steps]).apply(
-            lambda outs: [parse_verify(out) for out in outs]
+            lambda outs: [report.parse(out) for out in outs]
         )
         self.nodes = reports.apply(
             lambda rs: [
@@ -154,10 +153,10 @@ class BackupCluster(pulumi.ComponentResource):
                 for node, r in zip(cluster.nodes, rs, strict=False)
             ]
         )
-        info = reports.apply(_leader_info)
-        self.stanza_status = info.apply(stanza_status)
-        self.last_backup = info.apply(last_backup)
-        self.wal_archive = info.apply(wal_archive)
+        info = reports.apply(report.leader_info)
+        self.stanza_status = info.apply(report.stanza_status)
+        self.last_backup = info.apply(report.last_backup)
+        self.wal_archive = info.apply(report.wal_archive)
         self.register_outputs(
             {
                 "cipher_pass": self.cipher_pass,
@@ -186,45 +185,3 @@ def agreed_version(names: Sequence[str], install_outputs: Sequence[str]) -> str:
                               + ", ".join(f"{name} runs {v}" for name, v in versions.items())
                               + ": set pgbackup:pgbackrest.version to pin one")
     return next(iter(versions.values()))
-
-
-def _leader_info(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    for report in reports:
-        if report.get("role") == "leader" and report.get("info"):
-            stanzas: list[dict[str, Any]] = report["info"]
-            return stanzas[0] if stanzas else None
-    return None
-
-
-def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
-    """{code, message} as `pgbackrest info` reports them; code -1 when no leader reported."""
-    if info is None:
-        return {"code": -1, "message": "no leader reported pgbackrest info at apply time"}
-    status = info["status"]
-    return {"code": status["code"], "message": status["message"]}
-
-
-def repo_of(entry: dict[str, Any]) -> int:
-    """The repository (1, or 2 for monthly archives) an `info` backup or archive entry belongs to."""
-    return int((entry.get("database") or {}).get("repo-key", 1))
-
-
-def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{label, type, repo, stopTime} of the newest backup in any repository (stopTime in UTC, ISO 8601)."""
-    backups = (info or {}).get("backup") or []
-    if not backups:
-        return None
-    newest = max(backups, key=lambda b: b["timestamp"]["stop"])
-    stop = datetime.fromtimestamp(newest["timestamp"]["stop"], tz=UTC)
-    return {"label": newest["label"], "type": newest["type"], "repo": repo_of(newest),
-            "stopTime": stop.isoformat().replace("+00:00", "Z")}
-
-
-def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{min, max} WAL segment of the current database's archive in repo1 (where every backup's WAL is), or
-    None."""
-    archives = [a for a in (info or {}).get("archive") or [] if repo_of(a) == 1]
-    if not archives:
-        return None
-    current = archives[-1]
-    return {"min": current.get("min"), "max": current.get("max")}

@@ -3,7 +3,6 @@ local replica-creation settings. Three remote steps, run on every node in parall
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,12 +280,3 @@ def dynamic_config(settings: Settings) -> str:
         restore_command=restore_command(stanza),
         archive_timeout=settings.pgbackrest.archive_timeout,
     )
-
-
-def parse_verify(stdout: str) -> dict[str, Any]:
-    """The JSON line the verify step prints: {node, role, info}."""
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            result: dict[str, Any] = json.loads(line)
-            return result
-    raise ValueError(f"the verify step printed no JSON line: {stdout[-400:]!r}")

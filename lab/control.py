@@ -26,7 +26,7 @@ import boto3
 import yaml
 from botocore.config import Config as BotoConfig
 
-from components.cluster import repo_of
+from components.report import repo_of
 from components.storage import repository_policy
 from lab import driver
 

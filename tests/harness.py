@@ -16,6 +16,7 @@ from typing import Any
 
 import pulumi
 
+from components import report
 from components.remote import parse_manifest
 from lab.driver import SECRET_SIG, unwrap  # the engine's secret envelope, read the same way by both
 from lab.mockrun import evaluate
@@ -39,7 +40,8 @@ def is_wrapped_secret(value: Any) -> bool:
 
 
 def verify_report(name: str, role: str, info: Any) -> str:
-    return json.dumps({"node": name, "role": role, "info": info}, sort_keys=True)
+    """What a node's verify step prints as its report (components.report owns the format)."""
+    return report.line(name, role, info)
 
 
 HEALTHY_INFO: list[dict[str, Any]] = [

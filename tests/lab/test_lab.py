@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from components.cluster import repo_of
+from components.report import repo_of
 from lab import driver
 from lab.control import FACTS, LAB_DIR, PG_DATA, SCOPE, STANZA, AuthenticatedS3, Lab, sh
 
