@@ -14,23 +14,15 @@ from typing import Any
 
 import pulumi
 import pulumi_random as random
+from pulumi_command import remote
 
 from components import report
 from components.config import Settings
-from components.layout import METRICS_UNIT, TLS_SERVER_UNIT
-from components.node import (
-    NodeTls,
-    PgBackRestNode,
-    PgBackRestNodeArgs,
-    RepositorySecrets,
-    dynamic_config,
-    retired_units,
-    template_context,
-    timers,
-)
+from components.node import NodeTls, PgBackRestNode, PgBackRestNodeArgs, RepositorySecrets
 from components.pki import ClusterPki, ClusterPkiArgs
+from components.plan import BARRIERS, NODE_STEPS, STAGES, plan_cluster
 from components.remote import barrier, connection, remote_step
-from components.render import render, sha256
+from components.render import sha256
 
 
 @dataclass
@@ -72,6 +64,7 @@ class BackupCluster(pulumi.ComponentResource):
         if settings.pgbackrest.backup_standby:
             pki = ClusterPki(f"{name}-pki", ClusterPkiArgs(stanza=cluster.stanza, nodes=cluster.nodes), opts=child)
 
+        plans = plan_cluster(settings)
         conns = {node.name: connection(node, settings.ssh_private_key) for node in cluster.nodes}
         nodes: dict[str, PgBackRestNode] = {}
         for node in cluster.nodes:
@@ -81,7 +74,7 @@ class BackupCluster(pulumi.ComponentResource):
                 tls = NodeTls(pki.ca_cert_pem, cert.cert_pem, cert.key_pem)
             nodes[node.name] = PgBackRestNode(
                 f"{name}-{node.name}",
-                PgBackRestNodeArgs(node=node, settings=settings, secrets=secrets, connection=conns[node.name], tls=tls),
+                PgBackRestNodeArgs(plan=plans[node.name], secrets=secrets, connection=conns[node.name], tls=tls),
                 opts=child,
             )
 
@@ -90,55 +83,29 @@ class BackupCluster(pulumi.ComponentResource):
         config_digest: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(*[n.config_digest for n in nodes.values()]).apply(lambda d: sha256(*d))
         )
-        all_files = [n.files for n in nodes.values()]
-        all_patroni = [n.patroni for n in nodes.values()]
 
-        def step(node_name: str, step_name: str, script: str, depends_on: Sequence[pulumi.Resource],
-                 triggers: list[Any] | None = None, delete: str | None = None) -> Any:
-            return remote_step(
-                f"{name}-{node_name}-{step_name}",
-                step=step_name,
-                conn=conns[node_name],
-                script=script,
-                parent=self,
-                triggers=triggers,
-                delete=delete,
-                depends_on=depends_on,
-            )
-
-        # Stages: every node's files -> stanza (leader) -> archiving (leader, with every node's Patroni edit)
-        # -> verify and first backup (leader) -> every node's schedule. Between stages, one barrier.
-        files_ready = barrier(f"{name}-files-ready", after=all_files, parent=self)
-        stanza_steps = [
-            step(node.name, "stanza", render("scripts/stanza.sh.j2", **template_context(settings, node, "stanza")),
-                 depends_on=[files_ready], triggers=[config_digest])
-            for node in cluster.nodes
-        ]
-        stanza_ready = barrier(f"{name}-stanza-ready", after=stanza_steps + all_patroni, parent=self)
-        archiving_steps = [
-            step(node.name, "archiving", render(
-                "scripts/archiving.sh.j2", **template_context(settings, node, "archiving"),
-                dynamic_config=dynamic_config(settings).rstrip("\n")),
-                depends_on=[stanza_ready])
-            for node in cluster.nodes
-        ]
-        archiving_ready = barrier(f"{name}-archiving-ready", after=archiving_steps, parent=self)
-        verify_steps = [
-            step(node.name, "verify", render("scripts/verify.sh.j2", **template_context(settings, node, "verify")),
-                 depends_on=[archiving_ready], triggers=[config_digest])
-            for node in cluster.nodes
-        ]
-        verified = barrier(f"{name}-verified", after=verify_steps, parent=self)
-        units = [*timers(settings), METRICS_UNIT] + ([TLS_SERVER_UNIT] if pki is not None else [])
-        for node in cluster.nodes:
-            ctx = template_context(settings, node, "schedule")
-            step(
-                node.name, "schedule",
-                render("scripts/schedule.sh.j2", **ctx, timers=timers(settings), retired=retired_units(settings),
-                       units_digest=nodes[node.name].units_digest),
-                depends_on=[verified, nodes[node.name].files],
-                delete=render("scripts/unschedule.sh.j2", **{**ctx, "step": "unschedule"}, units=units),
-            )
+        # The stages of plan.STAGES, each of them on every node, with plan.BARRIERS between them.
+        done: dict[str, list[remote.Command]] = {
+            step: [n.steps[step] for n in nodes.values()] for step in NODE_STEPS}
+        barriers: dict[str, pulumi.Resource] = {}
+        for spec in BARRIERS:
+            barriers[spec.name] = barrier(f"{name}-{spec.name}", after=[r for step in spec.after for r in done[step]],
+                                          parent=self)
+            for stage in (stage for stage in STAGES if stage.after == spec.name):
+                done[stage.step] = [
+                    remote_step(
+                        f"{name}-{node.name}-{stage.step}",
+                        step=stage.step,
+                        conn=conns[node.name],
+                        script=plans[node.name].scripts[stage.step].create,
+                        parent=self,
+                        triggers=[config_digest] if stage.on_config else None,
+                        delete=plans[node.name].scripts[stage.step].delete,
+                        depends_on=[barriers[spec.name], *(nodes[node.name].steps[own] for own in stage.after_own)],
+                    )
+                    for node in cluster.nodes
+                ]
+        verify_steps = done["verify"]
 
         # pgBackRest requires the same version on every host it talks to: one version, or the apply fails.
         names = [node.name for node in cluster.nodes]

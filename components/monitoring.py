@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import Settings
+from components.config import ClusterConfig, Settings
+from components.context import NodeContext, extend
 from components.layout import HEALTH_CHECKS, PATHS
-from components.render import render
+from components.render import Context, render
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5}
@@ -56,14 +57,31 @@ def thresholds(settings: Settings) -> Thresholds:
     )
 
 
+@dataclass(frozen=True)
+class RulesContext(Context):
+    """templates/monitoring/pgbackrest.rules.yml.j2 (the stack output alertRules)."""
+
+    cluster: ClusterConfig
+    limits: Thresholds
+
+
+@dataclass(frozen=True)
+class CheckContext(NodeContext):
+    """templates/monitoring/pgbackup-check.py.j2: the thresholds the checks share with the rules."""
+
+    limits: Thresholds
+    queue_max: str | None
+
+
 def alert_rules(settings: Settings) -> str:
-    return render("monitoring/pgbackrest.rules.yml.j2", cluster=settings.cluster, limits=thresholds(settings))
+    return render("monitoring/pgbackrest.rules.yml.j2", RulesContext(cluster=settings.cluster,
+                                                                     limits=thresholds(settings)))
 
 
-def check_script(settings: Settings, context: dict[str, Any]) -> str:
+def check_script(settings: Settings, context: NodeContext) -> str:
     """The check commands of a node (templates/monitoring/pgbackup-check.py.j2)."""
-    return render("monitoring/pgbackup-check.py.j2", **context, limits=thresholds(settings),
-                  queue_max=settings.pgbackrest.archive_push_queue_max)
+    return render("monitoring/pgbackup-check.py.j2", extend(
+        CheckContext, context, limits=thresholds(settings), queue_max=settings.pgbackrest.archive_push_queue_max))
 
 
 def consul_service(settings: Settings) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +92,24 @@ def _environment() -> jinja2.Environment:
 _ENV = _environment()
 
 
-def render(template: str, **context: Any) -> str:
-    """Render templates/<template> with `context`."""
-    return _ENV.get_template(template).render(**context)
+@dataclass(frozen=True)
+class Context:
+    """The values a template sees: a frozen dataclass per kind of template (components/context.py)."""
+
+    def values(self) -> dict[str, Any]:
+        """The fields by name (not copied: a template reads `node.name`, `paths.config`, ...)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def render(template: str, context: Context) -> str:
+    """Render templates/<template> with the fields of `context`."""
+    return render_values(template, context.values())
+
+
+def render_values(template: str, values: Mapping[str, Any]) -> str:
+    """Render templates/<template> with `values`, untyped: for a test that renders one template in a sandbox
+    with only the values it reads. The program renders with typed contexts (`render`)."""
+    return _ENV.get_template(template).render(values)
 
 
 def sha256(*parts: str) -> str:

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import pytest
 
 from components.layout import DAEMON_RELOAD, PATHS, TLS_RESTART, TMPFILES, Directory, Paths
-from components.node import FILE_ACTIONS
+from components.plan import FILE_ACTIONS
 from components.remote import MANIFEST_MAGIC, NodeFile, manifest_text
-from components.render import render
+from components.render import render_values
 
 STUB = """#!/bin/bash
 echo "$(basename "$0") $*" >>"${PGBACKUP_TEST_CALLS}"
@@ -65,9 +65,10 @@ class Sandbox:
 
     def run(self, files: list[NodeFile], *, stdin: str | None = None, fail_reload: bool = False
             ) -> subprocess.CompletedProcess[str]:
-        script = render("scripts/files.sh.j2", step="files", node=SimpleNamespace(name="pg1"), paths=self.paths,
-                        directories=self.directories, manifest_magic=MANIFEST_MAGIC,
-                        tls_unit="pgbackup-tls-server.service", actions=FILE_ACTIONS, tls_server=False)
+        script = render_values("scripts/files.sh.j2", {
+            "step": "files", "node": SimpleNamespace(name="pg1"), "paths": self.paths, "directories": self.directories,
+            "manifest_magic": MANIFEST_MAGIC, "tls_unit": "pgbackup-tls-server.service", "actions": FILE_ACTIONS,
+            "tls_server": False})
         calls = self.root / "calls"
         calls.write_text("")
         env = {**os.environ, "PATH": f"{self.root / 'bin'}:{os.environ['PATH']}", "PGBACKUP_TEST_CALLS": str(calls)}
@@ -236,9 +237,10 @@ def _gid(name: str) -> int:
 
 
 def run_patroni_local(box: Sandbox, config: Path, patronictl_ok: bool) -> subprocess.CompletedProcess[str]:
-    script = render("scripts/patroni-local.sh.j2", step="patroni-local", node=SimpleNamespace(name="pg1"),
-                    cluster=SimpleNamespace(patroni_config=str(config)), methods=["pgbackrest", "basebackup"],
-                    method={"command": "/usr/bin/pgbackrest --stanza=s --delta restore", "keep_data": True})
+    script = render_values("scripts/patroni-local.sh.j2", {
+        "step": "patroni-local", "node": SimpleNamespace(name="pg1"), "cluster": SimpleNamespace(patroni_config=str(config)),
+        "methods": ["pgbackrest", "basebackup"],
+        "method": {"command": "/usr/bin/pgbackrest --stanza=s --delta restore", "keep_data": True}})
     (box.root / "bin" / "patronictl").write_text(f"#!/bin/sh\nexit {0 if patronictl_ok else 1}\n")
     (box.root / "bin" / "patronictl").chmod(0o755)
     env = {**os.environ, "PATH": f"{box.root / 'bin'}:{os.environ['PATH']}",

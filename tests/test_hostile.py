@@ -16,9 +16,17 @@ import pytest
 import yaml
 
 from components.config import ConfigError, Settings, parse_settings
+from components.context import (
+    ConfigContext,
+    RepositorySecretValues,
+    UnitContext,
+    extend,
+    primary_url,
+)
+from components.context import node_context as template_context
 from components.layout import FULL, METRICS_CALENDAR, PATHS
 from components.monitoring import alert_rules, check_script
-from components.node import dynamic_config, primary_url, template_context
+from components.plan import dynamic_config
 from components.render import TEMPLATES, RenderError, render
 from components.text import unsafe_character
 from tests.harness import node_config, node_files, run_program, stack_config
@@ -123,22 +131,22 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
     """Every non-script template, rendered as the program renders it for the first node."""
     node = settings.cluster.nodes[0]
     ctx = template_context(settings, node)
-    secrets = {"access_key_id": "AKIA", "secret_access_key": "secret", "cipher_pass": "pass"}
+    secrets = RepositorySecretValues(access_key_id="AKIA", secret_access_key="secret", cipher_pass="pass")
+    backup_ctx = extend(UnitContext, ctx, backup=FULL, calendar=settings.schedule.full,
+                        randomized_delay_sec=settings.schedule.randomized_delay_sec)
     return {
-        "systemd/pgbackup-backup.service.j2": lambda: render("systemd/pgbackup-backup.service.j2", **ctx,
-                                                            backup=FULL),
-        "systemd/pgbackup-backup.timer.j2": lambda: render(
-            "systemd/pgbackup-backup.timer.j2", **ctx, backup=FULL, calendar=settings.schedule.full,
-            randomized_delay_sec=settings.schedule.randomized_delay_sec),
-        "systemd/pgbackup-metrics.service.j2": lambda: render("systemd/pgbackup-metrics.service.j2", **ctx),
-        "systemd/pgbackup-metrics.timer.j2": lambda: render("systemd/pgbackup-metrics.timer.j2", **ctx,
-                                                           calendar=METRICS_CALENDAR),
-        "systemd/pgbackup-tls-server.service.j2": lambda: render("systemd/pgbackup-tls-server.service.j2", **ctx),
-        "systemd/pgbackup.tmpfiles.j2": lambda: render("systemd/pgbackup.tmpfiles.j2", **ctx),
-        "pgbackrest/pgbackrest.conf.j2": lambda: render("pgbackrest/pgbackrest.conf.j2", **ctx, secrets=secrets),
+        "systemd/pgbackup-backup.service.j2": lambda: render("systemd/pgbackup-backup.service.j2", backup_ctx),
+        "systemd/pgbackup-backup.timer.j2": lambda: render("systemd/pgbackup-backup.timer.j2", backup_ctx),
+        "systemd/pgbackup-metrics.service.j2": lambda: render("systemd/pgbackup-metrics.service.j2", ctx),
+        "systemd/pgbackup-metrics.timer.j2": lambda: render("systemd/pgbackup-metrics.timer.j2", extend(
+            UnitContext, ctx, backup=None, calendar=METRICS_CALENDAR, randomized_delay_sec=0)),
+        "systemd/pgbackup-tls-server.service.j2": lambda: render("systemd/pgbackup-tls-server.service.j2", ctx),
+        "systemd/pgbackup.tmpfiles.j2": lambda: render("systemd/pgbackup.tmpfiles.j2", ctx),
+        "pgbackrest/pgbackrest.conf.j2": lambda: render("pgbackrest/pgbackrest.conf.j2",
+                                                       extend(ConfigContext, ctx, secrets=secrets)),
         "patroni/dynamic.yaml.j2": lambda: dynamic_config(settings),
         "monitoring/pgbackrest.rules.yml.j2": lambda: alert_rules(settings),
-        "monitoring/pgbackup-metrics.py.j2": lambda: render("monitoring/pgbackup-metrics.py.j2", **ctx),
+        "monitoring/pgbackup-metrics.py.j2": lambda: render("monitoring/pgbackup-metrics.py.j2", ctx),
         "monitoring/pgbackup-check.py.j2": lambda: check_script(settings, ctx),
     }
 
@@ -214,7 +222,7 @@ def test_json_and_yaml_carry_a_hostile_stanza_as_its_own_value() -> None:
     settings = bypassing_validation(valid_settings(), "stanza", stanza)
     dynamic = yaml.safe_load(dynamic_config(settings))
     assert dynamic["postgresql"]["parameters"]["archive_command"] == f"pgbackrest --stanza={stanza} archive-push %p"
-    script = render("monitoring/pgbackup-metrics.py.j2", **template_context(settings, settings.cluster.nodes[0]))
+    script = render("monitoring/pgbackup-metrics.py.j2", template_context(settings, settings.cluster.nodes[0]))
     constants = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(script).body
                  if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)}
     assert constants["STANZA"] == stanza
@@ -226,8 +234,8 @@ def test_json_and_yaml_carry_a_hostile_stanza_as_its_own_value() -> None:
 def test_percent_is_doubled_for_systemd_which_reads_it_back(tmp_path: Path) -> None:
     # %z is no systemd specifier: written as is, systemd-analyze refuses the unit. The filter writes %%z.
     settings = bypassing_validation(valid_settings(), "stanza", "db%zmain")
-    unit = render("systemd/pgbackup-backup.service.j2", **template_context(settings, settings.cluster.nodes[0]),
-                  backup=FULL)
+    unit = render("systemd/pgbackup-backup.service.j2", extend(
+        UnitContext, template_context(settings, settings.cluster.nodes[0]), backup=FULL, calendar="", randomized_delay_sec=0))
     assert "--stanza=db%%zmain" in unit
     escaped = {f"{PATHS.unit_dir}/pgbackup-backup-full.service": {"mode": "0644", "content": unit}}
     (tmp_path / "escaped").mkdir()

@@ -1,0 +1,182 @@
+"""What the templates see: one typed context per kind of template, built from the validated settings.
+
+Every template is rendered from exactly one of these frozen dataclasses (components.render.render); a field
+a template uses but its context lacks is a type error here, and an error at rendering (StrictUndefined).
+Nothing in a context is secret but `ConfigContext.secrets`, which is only built inside the secret Output
+that renders pgbackrest.conf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Self, TypeVar
+
+from components.config import (
+    ClusterConfig,
+    NodeConfig,
+    PgBackRestConfig,
+    RetentionConfig,
+    Settings,
+    StorageConfig,
+    url_host,
+)
+from components.layout import PATHS, Backup, Directory, Paths
+from components.render import Context
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One of pgBackRest's repositories as pgbackrest.conf declares it."""
+
+    index: int
+    path: str
+    retention_full: int
+    retention_full_type: str
+    retention_archive: int
+
+
+def repositories(settings: Settings) -> tuple[Repository, ...]:
+    """pgBackRest's repositories: repo1 (weekly fulls, incrementals, continuous WAL) and, with
+    retention.monthly, repo2 (monthly fulls; continuous WAL only from its newest full on)."""
+    repos = [Repository(1, settings.storage.repo_path, settings.retention.full, settings.retention.full_type, 0)]
+    if settings.retention.monthly:
+        repos.append(Repository(2, settings.storage.monthly_repo_path, settings.retention.monthly, "count", 1))
+    return tuple(repos)
+
+
+def primary_url(settings: Settings, node: NodeConfig) -> str:
+    """Patroni's REST API answers 200 here only on the leader. An IPv6 address is bracketed (RFC 3986)."""
+    return f"http://{url_host(node.host)}:{settings.cluster.patroni_api_port}/primary"
+
+
+@dataclass(frozen=True)
+class NodeContext(Context):
+    """What every template of a node sees (no secrets)."""
+
+    step: str
+    """The remote step the script is for ("" in a file)."""
+    repos: tuple[Repository, ...]
+    node: NodeConfig
+    peers: tuple[NodeConfig, ...]
+    """The other nodes, with backupStandby (pgBackRest's pg2..pgN); none without."""
+    tls_clients: tuple[str, ...]
+    storage: StorageConfig
+    cluster: ClusterConfig
+    retention: RetentionConfig
+    pgbackrest: PgBackRestConfig
+    since_2_54: bool
+    """2.54: backup-standby=prefer (a standby that is down no longer fails check or a backup); block
+    incremental (repo-block, which needs repo-bundle) for smaller incrementals."""
+    paths: Paths
+    primary_url: str
+
+    def for_step(self, step: str) -> Self:
+        """The same context for the script of `step`."""
+        return replace(self, step=step)
+
+
+def node_context(settings: Settings, node: NodeConfig, step: str = "") -> NodeContext:
+    peers = tuple(peer for peer in settings.cluster.nodes if peer.name != node.name)
+    return NodeContext(
+        step=step,
+        repos=repositories(settings),
+        node=node,
+        peers=peers if settings.pgbackrest.backup_standby else (),
+        tls_clients=tuple(n.name for n in settings.cluster.nodes),
+        storage=settings.storage,
+        cluster=settings.cluster,
+        retention=settings.retention,
+        pgbackrest=settings.pgbackrest,
+        since_2_54=settings.pgbackrest.feature_version >= (2, 54),
+        paths=PATHS,
+        primary_url=primary_url(settings, node),
+    )
+
+
+T = TypeVar("T", bound=NodeContext)
+
+
+def extend(cls: type[T], base: NodeContext, **fields: Any) -> T:
+    """A template's own context: `base`'s fields and the template's."""
+    return cls(**base.values(), **fields)
+
+
+@dataclass(frozen=True)
+class InstallContext(NodeContext):
+    """templates/scripts/install.sh.j2: the directories pgBackRest writes in."""
+
+    directories: tuple[Directory, ...]
+
+
+@dataclass(frozen=True)
+class FilesContext(NodeContext):
+    """templates/scripts/files.sh.j2: what the files step creates, refuses and does after a change."""
+
+    tls_server: bool
+    directories: tuple[Directory, ...]
+    manifest_magic: str
+    tls_unit: str
+    actions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class PatroniLocalContext(NodeContext):
+    """templates/scripts/patroni-local.sh.j2: Patroni's replica-creation methods, pgbackrest first."""
+
+    methods: list[str]
+    method: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ArchivingContext(NodeContext):
+    """templates/scripts/archiving.sh.j2: the dynamic configuration it writes through patronictl."""
+
+    dynamic_config: str
+
+
+@dataclass(frozen=True)
+class ScheduleContext(NodeContext):
+    """templates/scripts/schedule.sh.j2 and, on `pulumi destroy`, unschedule.sh.j2: the timers to enable, the
+    units to retire, what the units hash to; the units to stop and remove."""
+
+    timers: list[str]
+    retired: list[str]
+    units_digest: str
+    units: list[str]
+
+
+@dataclass(frozen=True)
+class UnitContext(NodeContext):
+    """templates/systemd/*.service.j2 and *.timer.j2: a scheduled backup's service and timer (`backup`), the
+    metrics collector's timer (no backup); a timer's calendar and randomized delay."""
+
+    backup: Backup | None
+    calendar: str
+    randomized_delay_sec: int
+
+
+@dataclass(frozen=True)
+class RepositorySecretValues:
+    """The repository key and the passphrase, as plain strings: only ever inside a secret Output."""
+
+    access_key_id: str
+    secret_access_key: str
+    cipher_pass: str
+
+
+@dataclass(frozen=True)
+class ConfigContext(NodeContext):
+    """templates/pgbackrest/pgbackrest.conf.j2: built only inside the secret Output that renders it."""
+
+    secrets: RepositorySecretValues
+
+
+@dataclass(frozen=True)
+class DynamicConfigContext(Context):
+    """templates/patroni/dynamic.yaml.j2: archiving, in Patroni's dynamic configuration."""
+
+    archive_command: str
+    restore_command: str
+    archive_timeout: int
+
