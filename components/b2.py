@@ -8,7 +8,6 @@ nothing secret is pickled into the Pulumi state with them.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import pulumi.dynamic
 from b2sdk.v2 import B2Api, InMemoryAccountInfo, LifecycleRule
 from b2sdk.v2.exception import B2Error, DuplicateBucketName
 from pulumi.runtime import rpc
+
+from components.providers import B2_BUCKET_RULE, B2_KEY_NAME, b2_bucket_name_ok
 
 ENV_KEY_ID = "B2_APPLICATION_KEY_ID"
 ENV_KEY = "B2_APPLICATION_KEY"
@@ -48,9 +49,6 @@ ALLOWED_KEY_CAPABILITIES: frozenset[str] = frozenset(
      "readFileRetentions", "readFileLegalHolds", "readBucketRetentions")
 )
 
-# B2 naming rules (b2_create_bucket / b2_create_key documentation).
-_BUCKET_NAME = re.compile(r"^[A-Za-z0-9-]{6,63}$")
-_KEY_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 
 
 class B2ProviderError(RuntimeError):
@@ -154,12 +152,8 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
         failures = []
         name = _plain(news.get("bucket_name"))
-        if isinstance(name, str) and (not _BUCKET_NAME.match(name) or name.lower().startswith("b2-")):
-            failures.append(
-                pulumi.dynamic.CheckFailure(
-                    "bucket_name", "B2 bucket names are 6-63 letters, digits or '-', not starting with 'b2-'"
-                )
-            )
+        if isinstance(name, str) and not b2_bucket_name_ok(name):
+            failures.append(pulumi.dynamic.CheckFailure("bucket_name", f"B2 bucket names are {B2_BUCKET_RULE}"))
         days = _plain(news.get("hidden_file_retention_days"))
         if _is_known(days) and not (isinstance(days, (int, float)) and float(days).is_integer() and days >= 1):
             failures.append(pulumi.dynamic.CheckFailure("hidden_file_retention_days", "expected an integer >= 1"))
@@ -266,7 +260,7 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
         failures = []
         key_name = _plain(news.get("key_name"))
-        if isinstance(key_name, str) and not _KEY_NAME.match(key_name):
+        if isinstance(key_name, str) and not B2_KEY_NAME.fullmatch(key_name):
             failures.append(pulumi.dynamic.CheckFailure("key_name", "B2 key names are 1-100 letters, digits or '-'"))
         prefix = _plain(news.get("name_prefix"))
         if isinstance(prefix, str) and prefix.startswith("/"):

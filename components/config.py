@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components.calendar import CalendarError, validate_calendar
+from components.providers import B2_KEY_NAME, PROVIDERS, b2_bucket_name_ok
 from components.text import check_text, unsafe_character
 
 NAMESPACE = "pgbackup"
@@ -44,12 +45,8 @@ _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _APT_VERSION = re.compile(r"[0-9][A-Za-z0-9.+~:-]*\*?")
 _POSIX_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_B2_BUCKET = re.compile(r"[a-z0-9-]{6,63}")
 _POSIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,2}")
-# B2's rule for application key names (components/b2.py refuses others when the key is created); checked
-# here so that a stanza the name cannot take is reported under pgbackup:cluster.stanza.
-_B2_KEY_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
 # pgBackRest numbers a node's PostgreSQL hosts pg1..pg256: its parser refuses pg257 ("option 'pg257-host' key
 # exceeds maximum of 256", pgBackRest 2.45; CFG_OPTION_INDEX_MAX in src/config). pg1 is the node itself and
 # every other member is a peer, so a cluster has at most 256 members.
@@ -122,16 +119,6 @@ def _check_path(value: str) -> str:
     if not _POSIX_PATH.fullmatch(value) or "//" in value or "/../" in f"{value}/":
         raise ValueError("expected an absolute path of letters, digits and ._/@+- (no '..')")
     return value.rstrip("/") or "/"
-
-
-# Where each managed provider's S3 endpoint lives, and how its buckets are addressed by default.
-# The provider-specific resources live in components/storage.py; this table is only about addressing.
-_ENDPOINTS: dict[str, str] = {
-    "b2": "s3.{region}.backblazeb2.com",
-    "wasabi": "s3.{region}.wasabisys.com",
-}
-_DEFAULT_URI_STYLE: dict[str, str] = {"b2": "host", "wasabi": "host", "minio": "path", "s3": "path"}
-_DEFAULT_REGION: dict[str, str | None] = {"b2": None, "wasabi": None, "minio": "us-east-1", "s3": None}
 
 
 class StorageConfig(_Model):
@@ -214,19 +201,20 @@ class StorageConfig(_Model):
 
     @model_validator(mode="after")
     def _derive(self) -> StorageConfig:
-        if self.provider == "b2" and (not _B2_BUCKET.fullmatch(self.bucket) or self.bucket.startswith("b2-")):
+        provider = PROVIDERS[self.provider]
+        if self.provider == "b2" and not b2_bucket_name_ok(self.bucket):
             raise ValueError("bucket: B2 takes 6-63 lower-case letters, digits and '-', not starting with 'b2-'")
-        region = self.region or _DEFAULT_REGION[self.provider]
+        region = self.region or provider.region
         if region is None:
             raise ValueError(f"region: required for provider {self.provider}")
         endpoint = self.endpoint
         if endpoint is None:
-            if self.provider not in _ENDPOINTS:
+            if provider.endpoint is None:
                 raise ValueError(f"endpoint: required for provider {self.provider} (host[:port] of its S3 API)")
-            endpoint = _ENDPOINTS[self.provider].format(region=region)
+            endpoint = provider.endpoint.format(region=region)
         object.__setattr__(self, "region", region)
         object.__setattr__(self, "endpoint", endpoint)
-        object.__setattr__(self, "uri_style", self.uri_style or _DEFAULT_URI_STYLE[self.provider])
+        object.__setattr__(self, "uri_style", self.uri_style or provider.uri_style)
         return self
 
     @property
@@ -594,7 +582,9 @@ def _check_host_keys(cluster: ClusterConfig) -> None:
 
 def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) -> None:
     name = repository_key_name(stack, cluster.stanza)
-    if storage.provider == "b2" and not _B2_KEY_NAME.fullmatch(name):
+    # B2's rule for key names (components/b2.py refuses others when the key is created), checked here so that
+    # a stanza the name cannot take is reported under pgbackup:cluster.stanza.
+    if storage.provider == "b2" and not B2_KEY_NAME.fullmatch(name):
         raise ConfigError(
             f"{NAMESPACE}:cluster.stanza: {cluster.stanza!r} cannot name the B2 application key {name!r}: B2 key "
             "names are 1-100 letters, digits and '-' (use '-' instead of '_' or '.', or a shorter stanza)")

@@ -17,9 +17,7 @@ import pulumi_random as random
 
 from components.b2 import B2ApplicationKey, B2ApplicationKeyArgs, B2Bucket, B2BucketArgs
 from components.config import StorageConfig
-
-# Where a provider's IAM API lives and the region it is signed for, when it is not the S3 endpoint.
-_IAM_ENDPOINTS: dict[str, tuple[str, str]] = {"wasabi": ("https://iam.wasabisys.com", "us-east-1")}
+from components.providers import PROVIDERS
 
 # What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
 # Versions: pgBackRest reads a specific version of a file on restore (repo-target-time) and tags objects.
@@ -114,7 +112,7 @@ def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: s
 def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
     """Wasabi and generic S3 (AWS, Ceph RGW, ...): pulumi-aws pointed at the provider's endpoints."""
     s3_url = f"https://{storage.endpoint}"
-    iam_url, iam_region = _IAM_ENDPOINTS.get(storage.provider, (s3_url, storage.region or "us-east-1"))
+    iam_url, iam_region = PROVIDERS[storage.provider].iam or (s3_url, storage.region or "us-east-1")
 
     def provider(suffix: str, region: str | None, endpoints: aws.ProviderEndpointArgs) -> aws.Provider:
         # Not AWS itself: no account id, metadata API or region list to check against.
