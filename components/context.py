@@ -21,7 +21,7 @@ from components.config import (
     StorageConfig,
     url_host,
 )
-from components.layout import PATHS, Backup, Directory, Paths
+from components.layout import NAMES, PATHS, Backup, Directory, Names, Paths
 from components.render import Context
 
 
@@ -69,6 +69,7 @@ class NodeContext(Context):
     """2.54: backup-standby=prefer (a standby that is down no longer fails check or a backup); block
     incremental (repo-block, which needs repo-bundle) for smaller incrementals."""
     paths: Paths
+    names: Names
     primary_url: str
 
     def for_step(self, step: str) -> Self:
@@ -90,6 +91,7 @@ def node_context(settings: Settings, node: NodeConfig, step: str = "") -> NodeCo
         pgbackrest=settings.pgbackrest,
         since_2_54=settings.pgbackrest.feature_version >= (2, 54),
         paths=PATHS,
+        names=NAMES,
         primary_url=primary_url(settings, node),
     )
 
@@ -116,7 +118,6 @@ class FilesContext(NodeContext):
     tls_server: bool
     directories: tuple[Directory, ...]
     manifest_magic: str
-    tls_unit: str
     actions: Mapping[str, str]
 
 

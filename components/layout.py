@@ -88,10 +88,26 @@ TLS_RESTART = "tls-restart"  # read by pgBackRest's TLS server: restart it when 
 ARCHIVE_WORKERS = "archive-workers"  # pgBackRest's configuration: end stale asynchronous archive workers
 CONSUL_RELOAD = "consul-reload"  # the Consul service definition: reload the local agent (a warning without one)
 
-TLS_SERVER_UNIT = "pgbackup-tls-server.service"
-METRICS_UNIT = "pgbackup-metrics.service"
-METRICS_TIMER = "pgbackup-metrics.timer"
-METRICS_CALENDAR = "*:0/5"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names of pgbackup's own units and other fixed values the templates write (templates see them as
+    `names.<field>`)."""
+
+    tls_server_unit: str = "pgbackup-tls-server.service"
+    metrics_unit: str = "pgbackup-metrics.service"
+    metrics_timer: str = "pgbackup-metrics.timer"
+    metrics_calendar: str = "*:0/5"
+    backup_lock_wait: int = 6 * 3600
+    """Seconds a backup waits for another one (the backup lock, PATHS.backup_lock) before it fails."""
+
+
+NAMES = Names()
+TLS_SERVER_UNIT = NAMES.tls_server_unit
+METRICS_UNIT = NAMES.metrics_unit
+METRICS_TIMER = NAMES.metrics_timer
+METRICS_CALENDAR = NAMES.metrics_calendar
 
 
 @dataclass(frozen=True)

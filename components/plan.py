@@ -259,7 +259,7 @@ def plan_node(settings: Settings, node: NodeConfig) -> NodePlan:
             InstallContext, ctx.for_step("install"), directories=INSTALL_DIRECTORIES))),
         Script("files", render("scripts/files.sh.j2", extend(
             FilesContext, ctx.for_step("files"), tls_server=tls_server, directories=tuple(directories_of(files)),
-            manifest_magic=MANIFEST_MAGIC, tls_unit=TLS_SERVER_UNIT, actions=FILE_ACTIONS))),
+            manifest_magic=MANIFEST_MAGIC, actions=FILE_ACTIONS))),
         Script("patroni-local", render("scripts/patroni-local.sh.j2", extend(
             PatroniLocalContext, ctx.for_step("patroni-local"), methods=REPLICA_METHODS,
             method=replica_method(stanza)))),

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.layout import DAEMON_RELOAD, PATHS, TLS_RESTART, TMPFILES, Directory, Paths
+from components.layout import DAEMON_RELOAD, NAMES, PATHS, TLS_RESTART, TMPFILES, Directory, Paths
 from components.plan import FILE_ACTIONS
 from components.remote import MANIFEST_MAGIC, NodeFile, manifest_text
 from components.render import render_values
@@ -67,7 +67,7 @@ class Sandbox:
             ) -> subprocess.CompletedProcess[str]:
         script = render_values("scripts/files.sh.j2", {
             "step": "files", "node": SimpleNamespace(name="pg1"), "paths": self.paths, "directories": self.directories,
-            "manifest_magic": MANIFEST_MAGIC, "tls_unit": "pgbackup-tls-server.service", "actions": FILE_ACTIONS,
+            "manifest_magic": MANIFEST_MAGIC, "names": NAMES, "actions": FILE_ACTIONS,
             "tls_server": False})
         calls = self.root / "calls"
         calls.write_text("")
