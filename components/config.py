@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -115,6 +116,14 @@ class _Model(BaseModel):
         return value
 
 
+def doc(*, default: str | None = None, short: str | None = None) -> dict[str, JsonValue]:
+    """What the configuration reference needs beyond a field's `description` (the README's meaning text, in
+    Markdown): the default as the README shows it, when the field's own default does not say it (a derived
+    value), and a shorter plain text for Pulumi.yaml's comments, when the description is long. The reference
+    is generated from the models: `make reference` (components/reference.py)."""
+    return {key: value for key, value in (("shownDefault", default), ("short", short)) if value is not None}
+
+
 def _check_path(value: str) -> str:
     if not _POSIX_PATH.fullmatch(value) or "//" in value or "/../" in f"{value}/":
         raise ValueError("expected an absolute path of letters, digits and ._/@+- (no '..')")
@@ -126,18 +135,37 @@ class StorageConfig(_Model):
 
     _MULTILINE = frozenset({"ca_cert"})
 
-    provider: Provider = Field(description="b2 | wasabi | minio | s3")
-    bucket: str = Field(description="Bucket name (3-63 lower-case letters, digits, dots, hyphens)")
-    region: str | None = Field(default=None, description="Provider region, e.g. us-west-004 (b2)")
-    endpoint: str | None = Field(default=None, description="host[:port] of the S3 API")
-    repo_path: str = Field(default="/pgbackrest", description="Repository path inside the bucket")
-    uri_style: Literal["host", "path"] | None = Field(default=None, description="S3 addressing style")
-    verify_tls: bool = Field(default=True, description="Verify the endpoint's TLS certificate")
-    ca_cert: str | None = Field(default=None, description="PEM of a private CA for the endpoint")
-    create: bool = Field(default=True, description="Create bucket and key (false: use existing ones)")
+    provider: Provider = Field(description="`b2`, `wasabi`, `minio` or `s3`")
+    bucket: str = Field(description="bucket name (B2: 6-63 of `a-z0-9-`)")
+    region: str | None = Field(default=None, description="required for b2 (e.g. `us-west-004`), wasabi and s3",
+                               json_schema_extra=doc(default="minio: `us-east-1`"))
+    endpoint: str | None = Field(
+        default=None,
+        description="`host[:port]` of the S3 API; required for minio and s3. HTTPS only (pgBackRest 2.45 has no "
+                    "plain HTTP)",
+        json_schema_extra=doc(default="b2: `s3.<region>.backblazeb2.com`, wasabi: `s3.<region>.wasabisys.com`",
+                              short="host[:port] of the S3 API, HTTPS only; required for minio and s3"))
+    repo_path: str = Field(default="/pgbackrest", description="repository path in the bucket; the key is limited to it")
+    uri_style: Literal["host", "path"] | None = Field(
+        default=None, description="S3 addressing: `host` (the bucket in the host name) or `path`",
+        json_schema_extra=doc(default="`path` for minio and s3, `host` otherwise"))
+    verify_tls: bool = Field(default=True, description="verify the endpoint's certificate")
+    ca_cert: str | None = Field(
+        default=None,
+        description="PEM of a private CA that signed the endpoint's certificate (placed on every node)")
+    create: bool = Field(
+        default=True,
+        description="`false`: use an existing bucket and the key in `pgbackup:accessKeyId` / "
+                    "`pgbackup:secretAccessKey`")
     noncurrent_version_days: int = Field(
         default=30, ge=1, le=3650,
-        description="Days a deleted or overwritten version is kept before the provider's lifecycle rule removes it",
+        description="days a deleted or overwritten version under `repoPath` is kept before the bucket's lifecycle "
+                    "rule removes it (1-3650; see [What the node's key can do](#what-the-nodes-key-can-and-cannot-do)"
+                    "). Replaces `hiddenVersionDays`, which is refused with an error naming this key: it covered B2 "
+                    "only, with 1 day, and a stack that kept it would silently keep that window",
+        json_schema_extra=doc(short="days a deleted or overwritten version under repoPath is kept before the "
+                                    "bucket's lifecycle rule removes it (1-3650); replaces hiddenVersionDays, "
+                                    "now refused"),
     )
 
     @model_validator(mode="before")
@@ -243,12 +271,20 @@ class StorageConfig(_Model):
 class NodeConfig(_Model):
     """One Patroni member reached over SSH."""
 
-    name: str = Field(description="Patroni member name (lower-case letters, digits, hyphens)")
-    host: str = Field(description="Host name or address for SSH, pgBackRest and Patroni's REST API")
+    name: str = Field(description="the node's Patroni member name (lower-case letters, digits and `-`)")
+    host: str = Field(
+        description="how Pulumi (SSH), the other nodes (pgBackRest's TLS server) and the node itself (Patroni's "
+                    "REST API) reach it: a DNS name (pgBackRest checks certificates against DNS names) or an IP "
+                    "address",
+        json_schema_extra=doc(short="DNS name (or IP address) for SSH, pgBackRest's TLS server and Patroni's "
+                                    "REST API"))
     user: str = Field(default="root", description="SSH user (root or a sudo-less root equivalent)")
     port: int = Field(default=22, ge=1, le=65535, description="SSH port")
     host_key: str | None = Field(
-        default=None, description="The node's SSH host public key (ssh-keyscan -t ed25519 <host>), pinned")
+        default=None,
+        description="**required** (unless `insecureSkipHostKeyCheck`): the node's SSH host public key, pinned, "
+                    "as `ssh-keyscan -t ed25519 <host>` prints it without the host name (`ssh-ed25519 AAAA...`)",
+        json_schema_extra=doc(short='required: "ssh-ed25519 AAAA..." as `ssh-keyscan -t ed25519 <host>` prints it'))
 
     @field_validator("name")
     @classmethod
@@ -284,16 +320,17 @@ class NodeConfig(_Model):
 class ClusterConfig(_Model):
     """`pgbackup:cluster`: the Patroni cluster."""
 
-    stanza: str = Field(description="pgBackRest stanza name")
+    stanza: str = Field(description="pgBackRest stanza")
     pg_version: int = Field(default=17, ge=10, le=30, description="PostgreSQL major version")
-    pg_data: str | None = Field(default=None, description="Data directory")
-    pg_port: int = Field(default=5432, ge=1, le=65535)
-    pg_socket_path: str = Field(default="/var/run/postgresql", description="Unix socket directory")
-    patroni_config: str = Field(default="/etc/patroni/patroni.yml")
-    patroni_api_port: int = Field(default=8008, ge=1, le=65535)
-    nodes: list[NodeConfig] = Field(min_length=1)
+    pg_data: str | None = Field(default=None, description="data directory",
+                                json_schema_extra=doc(default="`/var/lib/postgresql/<pgVersion>/main`"))
+    pg_port: int = Field(default=5432, ge=1, le=65535, description="PostgreSQL's port")
+    pg_socket_path: str = Field(default="/var/run/postgresql", description="PostgreSQL's Unix socket directory")
+    patroni_config: str = Field(default="/etc/patroni/patroni.yml", description="Patroni's local configuration file")
+    patroni_api_port: int = Field(default=8008, ge=1, le=65535, description="Patroni's REST API (HTTP)")
+    nodes: list[NodeConfig] = Field(min_length=1, description=f"1 to {MAX_NODES} nodes, each an object with:")
     insecure_skip_host_key_check: bool = Field(
-        default=False, description="Connect to nodes without a hostKey unchecked (warned on every run)")
+        default=False, description="`true`: nodes without `hostKey` are reached unchecked (warned on every run)")
 
     @field_validator("stanza")
     @classmethod
@@ -340,12 +377,17 @@ def _check_calendar(value: str) -> str:
 class ScheduleConfig(_Model):
     """`pgbackup:schedule`: one systemd calendar expression per backup type."""
 
-    full: str = Field(default="Sun *-*-* 02:00:00", description="Full backup calendar")
-    incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="Incremental backup calendar")
-    monthly: str = Field(default="Sun *-*-01..07 04:00:00",
-                         description="Monthly archive calendar (repo2, with retention.monthly); first Sunday")
-    randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="Timer RandomizedDelaySec")
-    max_backup_age_hours: int = Field(default=26, ge=1, le=24 * 366, description="Alert past this backup age")
+    full: str = Field(
+        default="Sun *-*-* 02:00:00",
+        description="systemd calendar of the full backup (checked like `systemd-analyze calendar`)")
+    incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="calendar of the incremental backup")
+    monthly: str = Field(
+        default="Sun *-*-01..07 04:00:00",
+        description="calendar of the monthly archive (the first Sunday of the month); used with `retention.monthly`")
+    randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="timers' `RandomizedDelaySec`")
+    max_backup_age_hours: int = Field(
+        default=26, ge=1, le=24 * 366,
+        description="the `PgBackRestBackupTooOld` alert's and the `backup-age` check's threshold")
 
     @field_validator("full", "incremental", "monthly")
     @classmethod
@@ -356,10 +398,14 @@ class ScheduleConfig(_Model):
 class RetentionConfig(_Model):
     """`pgbackup:retention`: pgBackRest keeps WAL for the backups it keeps."""
 
-    full: int = Field(default=4, ge=1, le=9999999, description="Full backups (or days, with fullType time)")
-    full_type: Literal["count", "time"] = Field(default="count", description="count | time (days)")
-    monthly: int = Field(default=0, ge=0, le=1200,
-                         description="Monthly full backups kept in a second repository (repo2); 0: none")
+    full: int = Field(default=4, ge=1, le=9999999,
+                      description="full backups kept; WAL is kept for the backups kept")
+    full_type: Literal["count", "time"] = Field(
+        default="count", description="`count`, or `time` (then `full` is in days: a guaranteed window)")
+    monthly: int = Field(
+        default=0, ge=0, le=1200,
+        description="monthly archives kept (`12`: a year), in a second repository; `0`: none (see below)",
+        json_schema_extra=doc(short="monthly archives kept (12: a year), in a second repository (repo2); 0: none"))
 
 
 _COMPRESS_LEVELS = {"none": (0, 0), "gz": (0, 9), "bz2": (1, 9), "lz4": (-5, 12), "zst": (-7, 22)}
@@ -368,18 +414,28 @@ _COMPRESS_LEVELS = {"none": (0, 0), "gz": (0, 9), "bz2": (1, 9), "lz4": (-5, 12)
 class PgBackRestConfig(_Model):
     """`pgbackup:pgbackrest`: pgBackRest's own tuning."""
 
-    process_max: int = Field(default=4, ge=1, le=999)
-    compress_type: Literal["none", "gz", "bz2", "lz4", "zst"] = Field(default="zst")
-    compress_level: int = Field(default=3)
-    archive_async: bool = Field(default=True)
-    archive_push_queue_max: str | None = Field(default="4GiB", description="null: never drop WAL")
-    backup_standby: bool = Field(default=True)
-    start_fast: bool = Field(default=False)
-    version: str | None = Field(default=None, description="apt version pin, e.g. 2.45-1 or 2.55*; also turns on "
-                                "the features of the lowest version it admits (backup-standby=prefer, "
-                                "repo-block with repo-bundle from 2.54)")
-    archive_timeout: int = Field(default=60, ge=1, le=3600, description="Patroni archive_timeout (s): the RPO bound")
-    tls_server_port: int = Field(default=8432, ge=1, le=65535, description="pgBackRest TLS server port")
+    process_max: int = Field(default=4, ge=1, le=999,
+                             description="pgBackRest's `process-max`: processes that compress and transfer files")
+    compress_type: Literal["none", "gz", "bz2", "lz4", "zst"] = Field(
+        default="zst", description="`none`, `gz`, `bz2`, `lz4` or `zst`")
+    compress_level: int = Field(default=3, description="level checked against the type's range")
+    archive_async: bool = Field(default=True, description="asynchronous archive-push/get with a spool directory")
+    archive_push_queue_max: str | None = Field(
+        default="4GiB", description="past this backlog pgBackRest DROPS WAL (alerted at half); `null` never drops")
+    backup_standby: bool = Field(default=True, description="back up from a standby (needs two or more nodes)")
+    start_fast: bool = Field(default=False, description="start backups with an immediate checkpoint")
+    version: str | None = Field(
+        default=None,
+        description="apt version pin, e.g. `2.45-1` or `2.55*`. pgBackRest's features follow the lowest version it "
+                    "admits (without a pin: 2.45's): from 2.54, `backup-standby=prefer` (a standby that is down no "
+                    "longer fails `check` or a backup) and block incremental (`repo-block` with `repo-bundle`). "
+                    "Every node must run the same version: nodes that differ fail the apply, each named with its "
+                    "version",
+        json_schema_extra=doc(short="apt version pin, e.g. 2.45-1 or 2.55*; from 2.54* on also "
+                                    "backup-standby=prefer and repo-block/repo-bundle"))
+    archive_timeout: int = Field(default=60, ge=1, le=3600,
+                                 description="Patroni's `archive_timeout`: the RPO bound on a quiet database")
+    tls_server_port: int = Field(default=8432, ge=1, le=65535, description="pgBackRest's TLS server, between nodes")
 
     @field_validator("archive_push_queue_max")
     @classmethod
@@ -414,26 +470,37 @@ class PgBackRestConfig(_Model):
 class MonitoringConfig(_Model):
     """`pgbackup:monitoring`: health checks registered with a local agent."""
 
-    consul: bool = Field(default=False, description="Register the pgbackrest service and its checks with Consul")
+    consul: bool = Field(
+        default=False,
+        description="`true`: the `pgbackrest` service and its two checks in `/etc/consul.d/pgbackrest.json`, the "
+                    "local agent reloaded; `false` removes them (see \"Monitoring\")",
+        json_schema_extra=doc(short="true: the pgbackrest service and its checks in /etc/consul.d"))
 
 
 class DrillConfig(_Model):
     """`pgbackup:drill`: scheduled verification of the repositories and restore drills."""
 
     verify_schedule: str = Field(default="*-*-* 05:00:00",
-                                 description="Calendar of `pgbackrest verify` of each repository (leader)")
+                                 description="calendar of `pgbackrest verify` of each repository, on the leader")
     schedule: str = Field(default="Wed *-*-* 05:30:00",
-                          description="Calendar of the restore drill of repo1's newest backup (one node)")
-    monthly_schedule: str = Field(default="Sun *-*-08..14 06:00:00",
-                                  description="Calendar of the drill of repo2's newest monthly archive "
-                                              "(with retention.monthly); the second Sunday of the month")
-    path: str = Field(default="/var/lib/postgresql/pgbackup-drill",
-                      description="Scratch directory the drill restores into and deletes afterwards")
-    node: str | None = Field(default=None,
-                             description="The node that runs the drill; unset: a replica chosen at run time")
-    amcheck: bool = Field(default=False, description="Run pg_amcheck on the restored copy")
-    rto_budget_seconds: int = Field(default=1800, ge=60, le=7 * 86400,
-                                    description="Alert when a drill's restore-to-ready time exceeds this")
+                          description="calendar of the restore drill of repo1's newest backup, on one node")
+    monthly_schedule: str = Field(
+        default="Sun *-*-08..14 06:00:00",
+        description="calendar of the drill of repo2's newest monthly archive (with `retention.monthly`; the second "
+                    "Sunday)")
+    path: str = Field(
+        default="/var/lib/postgresql/pgbackup-drill",
+        description="scratch directory the drill restores into and deletes afterwards; must not overlap "
+                    "`cluster.pgData`")
+    node: str | None = Field(
+        default=None,
+        description="the node that runs the drill; unset: a replica chosen at run time (the leader only when it is "
+                    "the only node)",
+        json_schema_extra=doc(short="the node that runs the drill; unset: a replica chosen at run time"))
+    amcheck: bool = Field(default=False, description="`true`: `pg_amcheck` on the restored copy")
+    rto_budget_seconds: int = Field(
+        default=1800, ge=60, le=7 * 86400,
+        description="the drill's restore-to-ready time past which an alert fires (the design's 30 minutes)")
 
     @field_validator("verify_schedule", "schedule", "monthly_schedule")
     @classmethod
@@ -525,7 +592,41 @@ OBJECT_KEYS: dict[str, tuple[type[_Model], bool]] = {
     "monitoring": (MonitoringConfig, False),
     "drill": (DrillConfig, False),
 }
-SECRET_KEYS = ("sshPrivateKey", "cipherPass", "accessKeyId", "secretAccessKey")
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A secret top-level key as the configuration reference shows it: `meaning` in the README (Markdown),
+    `short` in Pulumi.yaml; `when` is the README's default column for a key that is not required. A required
+    one is also declared in Pulumi.yaml's `config:` (Pulumi then asks for it in every stack)."""
+
+    meaning: str
+    short: str
+    required: bool = False
+    when: str = ""
+
+
+SECRET_KEYS: dict[str, SecretKey] = {
+    "sshPrivateKey": SecretKey(
+        required=True,
+        meaning="the private key Pulumi uses to reach the nodes over SSH; its public key in each node's root "
+                "`authorized_keys`",
+        short="The private key Pulumi uses to reach the nodes over SSH (pulumi config set --secret)."),
+    "cipherPass": SecretKey(
+        when="generated when absent",
+        meaning="the passphrase that encrypts the repository; generated (64 characters) and kept in the state "
+                "when absent; one line without whitespace, warned under 32 characters (below)",
+        short="generated and kept in the state when absent; set with --secret, one line without whitespace "
+              "(warned under 32 characters)"),
+    "accessKeyId": SecretKey(
+        when="only with `storage.create: false`",
+        meaning="the access key id of an existing key that reaches the bucket",
+        short="only with storage.create false: the access key id of an existing key that reaches the bucket"),
+    "secretAccessKey": SecretKey(
+        when="only with `storage.create: false`",
+        meaning="that key's secret",
+        short="only with storage.create false: that key's secret"),
+}
 KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
 
 
