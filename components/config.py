@@ -274,8 +274,7 @@ class NodeConfig(_Model):
     name: str = Field(description="the node's Patroni member name (lower-case letters, digits and `-`)")
     host: str = Field(
         description="how Pulumi (SSH), the other nodes (pgBackRest's TLS server) and the node itself (Patroni's "
-                    "REST API) reach it: a DNS name (pgBackRest checks certificates against DNS names) or an IP "
-                    "address",
+                    "REST API) reach it; use a DNS name (pgBackRest checks certificates against DNS names)",
         json_schema_extra=doc(short="DNS name (or IP address) for SSH, pgBackRest's TLS server and Patroni's "
                                     "REST API"))
     user: str = Field(default="root", description="SSH user (root or a sudo-less root equivalent)")
@@ -328,7 +327,8 @@ class ClusterConfig(_Model):
     pg_socket_path: str = Field(default="/var/run/postgresql", description="PostgreSQL's Unix socket directory")
     patroni_config: str = Field(default="/etc/patroni/patroni.yml", description="Patroni's local configuration file")
     patroni_api_port: int = Field(default=8008, ge=1, le=65535, description="Patroni's REST API (HTTP)")
-    nodes: list[NodeConfig] = Field(min_length=1, description=f"1 to {MAX_NODES} nodes, each an object with:")
+    nodes: list[NodeConfig] = Field(min_length=1,
+                                    description=f"1 to {MAX_NODES} nodes, each an object with the keys below")
     insecure_skip_host_key_check: bool = Field(
         default=False, description="`true`: nodes without `hostKey` are reached unchecked (warned on every run)")
 
@@ -601,7 +601,7 @@ class SecretKey:
     one is also declared in Pulumi.yaml's `config:` (Pulumi then asks for it in every stack)."""
 
     meaning: str
-    short: str
+    short: str = ""  # "": the meaning's text
     required: bool = False
     when: str = ""
 
@@ -614,18 +614,14 @@ SECRET_KEYS: dict[str, SecretKey] = {
         short="The private key Pulumi uses to reach the nodes over SSH (pulumi config set --secret)."),
     "cipherPass": SecretKey(
         when="generated when absent",
-        meaning="the passphrase that encrypts the repository; generated (64 characters) and kept in the state "
-                "when absent; one line without whitespace, warned under 32 characters (below)",
-        short="generated and kept in the state when absent; set with --secret, one line without whitespace "
-              "(warned under 32 characters)"),
+        meaning="the passphrase that encrypts the repository (64 characters when generated, kept in the state); "
+                "one line without whitespace, warned under 32 characters (below)"),
     "accessKeyId": SecretKey(
         when="only with `storage.create: false`",
-        meaning="the access key id of an existing key that reaches the bucket",
-        short="only with storage.create false: the access key id of an existing key that reaches the bucket"),
+        meaning="the access key id of an existing key that reaches the bucket"),
     "secretAccessKey": SecretKey(
         when="only with `storage.create: false`",
-        meaning="that key's secret",
-        short="only with storage.create false: that key's secret"),
+        meaning="that key's secret access key"),
 }
 KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
 
