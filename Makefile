@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Debian packages the unit tests judge with: pgBackRest's option parser, systemd-analyze, promtool.
-TEST_DEBS := pgbackrest systemd prometheus shellcheck
+# Debian packages the unit tests judge with: pgBackRest's option parser, systemd-analyze, promtool, GitHub's
+# Markdown renderer (the README's generated tables).
+TEST_DEBS := pgbackrest systemd prometheus shellcheck cmark-gfm
 # ... and what the lab runs on the host (nodes get theirs inside the image).
 LAB_DEBS := debootstrap systemd-container etcd-server etcd-client patroni python3-etcd nginx openssl \
             openssh-client curl jq util-linux procps ca-certificates python3-venv iproute2
