@@ -18,6 +18,7 @@ from pulumi_command import remote
 
 from components import report
 from components.config import Settings
+from components.context import repository_prices
 from components.node import NodeTls, PgBackRestNode, PgBackRestNodeArgs, RepositorySecrets
 from components.pki import ClusterPki, ClusterPkiArgs
 from components.plan import BARRIERS, NODE_STEPS, STAGES, plan_cluster
@@ -42,6 +43,7 @@ class BackupCluster(pulumi.ComponentResource):
     stanza_status: pulumi.Output[dict[str, Any]]
     last_backup: pulumi.Output[dict[str, Any] | None]
     wal_archive: pulumi.Output[dict[str, Any] | None]
+    storage_cost: pulumi.Output[dict[str, Any] | None]
     pgbackrest_version: pulumi.Output[str]
 
     def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -124,6 +126,8 @@ class BackupCluster(pulumi.ComponentResource):
         self.stanza_status = info.apply(report.stanza_status)
         self.last_backup = info.apply(report.last_backup)
         self.wal_archive = info.apply(report.wal_archive)
+        prices = repository_prices(settings)
+        self.storage_cost = reports.apply(lambda rs: report.storage_cost(rs, prices))
         self.register_outputs(
             {
                 "cipher_pass": self.cipher_pass,
@@ -131,6 +135,7 @@ class BackupCluster(pulumi.ComponentResource):
                 "stanza_status": self.stanza_status,
                 "last_backup": self.last_backup,
                 "wal_archive": self.wal_archive,
+                "storage_cost": self.storage_cost,
                 "pgbackrest_version": self.pgbackrest_version,
             }
         )

@@ -167,6 +167,12 @@ class StorageConfig(_Model):
                                     "bucket's lifecycle rule removes it (1-3650); replaces hiddenVersionDays, "
                                     "now refused"),
     )
+    price_per_tb_month: float | None = Field(
+        default=None, ge=0, le=100000,
+        description="USD per TB (10^12 bytes) and month for the `storageCost` output's estimate; unset: the "
+                    "provider's list price in `components/providers.py` (dated; `0` for minio)",
+        json_schema_extra=doc(short="USD per TB and month for the storageCost estimate; unset: the provider's "
+                                    "list price (components/providers.py)"))
 
     @model_validator(mode="before")
     @classmethod

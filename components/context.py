@@ -22,6 +22,7 @@ from components.config import (
     url_host,
 )
 from components.layout import NAMES, PATHS, Backup, Directory, Names, Paths
+from components.providers import PROVIDERS, Price
 from components.render import Context
 
 
@@ -43,6 +44,16 @@ def repositories(settings: Settings) -> tuple[Repository, ...]:
     if settings.retention.monthly:
         repos.append(Repository(2, settings.storage.monthly_repo_path, settings.retention.monthly, "count", 1))
     return tuple(repos)
+
+
+def repository_prices(settings: Settings) -> dict[int, tuple[str, Price]]:
+    """Each repository's provider and storage price (pgbackup:storage.pricePerTbMonth, or the provider's list
+    price): what the storageCost output multiplies its bytes by."""
+    storage = settings.storage
+    price = PROVIDERS[storage.provider].price
+    if storage.price_per_tb_month is not None:
+        price = Price(storage.price_per_tb_month, "configured (pgbackup:storage.pricePerTbMonth)")
+    return {repo.index: (storage.provider, price) for repo in repositories(settings)}
 
 
 def primary_url(settings: Settings, node: NodeConfig) -> str:

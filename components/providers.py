@@ -9,6 +9,16 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Price:
+    """What a provider charges to store data, as published on the date given (storage only: no requests,
+    egress or minimums). Override with pgbackup:storage.pricePerTbMonth."""
+
+    usd_per_tb_month: float
+    as_of: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Provider:
     endpoint: str | None
     """Its S3 endpoint (host), `{region}` filled in; None: pgbackup:storage.endpoint is required."""
@@ -16,15 +26,20 @@ class Provider:
     """How buckets are addressed by default: host (bucket.endpoint) or path (endpoint/bucket)."""
     region: str | None
     """The default region; None: pgbackup:storage.region is required."""
+    price: Price
+    """Its storage price, for the storageCost output's estimate."""
     iam: tuple[str, str] | None = None
     """Its IAM API (URL, signing region) when that is not the S3 endpoint."""
 
 
+# Prices: the providers' list prices for storage, in USD per TB (10^12 bytes) and month, as of the date given.
 PROVIDERS: dict[str, Provider] = {
-    "b2": Provider("s3.{region}.backblazeb2.com", "host", None),
-    "wasabi": Provider("s3.{region}.wasabisys.com", "host", None, ("https://iam.wasabisys.com", "us-east-1")),
-    "minio": Provider(None, "path", "us-east-1"),
-    "s3": Provider(None, "path", None),
+    "b2": Provider("s3.{region}.backblazeb2.com", "host", None, Price(6.00, "2026-04", "first 10 GB free")),
+    "wasabi": Provider("s3.{region}.wasabisys.com", "host", None,
+                       Price(6.99, "2026-04", "billed for at least 1 TB and 90 days per object"),
+                       iam=("https://iam.wasabisys.com", "us-east-1")),
+    "minio": Provider(None, "path", "us-east-1", Price(0.0, "2026-04", "self-hosted: set pricePerTbMonth")),
+    "s3": Provider(None, "path", None, Price(23.0, "2026-04", "AWS S3 Standard, us-east-1, first 50 TB")),
 }
 
 # B2's naming rules (b2_create_bucket, b2_create_key). The S3-compatible rule (lower case only) is checked

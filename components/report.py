@@ -2,27 +2,31 @@
 from it. The one owner of its format (templates/scripts/verify.sh.j2 prints it, `parse` reads it, `line` is
 what the tests' mocks print in its place) and of reading pgBackRest's `info` document.
 
-Format: the step's last line starting with "{" is a JSON object {"node": <name>, "role": "leader" | "replica"
-| ..., "info": <`pgbackrest --output=json info`, on the leader> | null}, keys sorted.
+Format: the step's last line starting with "{" is a JSON object, keys sorted: {"node": <name>, "role": "leader"
+| "replica" | ..., "info": <`pgbackrest --output=json info`> | null, "repo_bytes": {"<repo index>": <bytes of
+its archive/ and backup/>} | null}; info and repo_bytes on the leader only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
+
+from components.providers import Price
 
 
 class VerifyReport(TypedDict):
     node: str
     role: str
     info: list[dict[str, Any]] | None
+    repo_bytes: dict[str, int] | None
 
 
-def line(node: str, role: str, info: list[dict[str, Any]] | None) -> str:
+def line(node: str, role: str, info: list[dict[str, Any]] | None, repo_bytes: dict[str, int] | None = None) -> str:
     """The report as verify.sh.j2 prints it (without the line feed)."""
-    return json.dumps({"node": node, "role": role, "info": info}, sort_keys=True)
+    return json.dumps({"node": node, "role": role, "info": info, "repo_bytes": repo_bytes}, sort_keys=True)
 
 
 def parse(stdout: str) -> VerifyReport:
@@ -75,3 +79,28 @@ def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     current = archives[-1]
     return {"min": current.get("min"), "max": current.get("max")}
+
+
+TB = 10**12
+
+
+def storage_cost(reports: Sequence[VerifyReport], prices: Mapping[int, tuple[str, Price]]) -> dict[str, Any] | None:
+    """What the repositories hold and what that costs a month: per repository (by index) its provider, bytes,
+    price and monthly estimate, then the totals; None when no leader reported. `prices`: each repository's
+    provider and price. Storage only (requests, egress, providers' minimums and versions kept after a
+    deletion are not counted)."""
+    measured = next((r.get("repo_bytes") for r in reports if r.get("role") == "leader" and r.get("repo_bytes")),
+                    None)
+    if measured is None:
+        return None
+    repositories: dict[str, dict[str, Any]] = {}
+    for index, (provider, price) in sorted(prices.items()):
+        size = int(measured.get(str(index), 0))
+        repositories[str(index)] = {
+            "provider": provider, "bytes": size, "usdPerTbMonth": price.usd_per_tb_month, "priceAsOf": price.as_of,
+            "monthlyUsd": round(size / TB * price.usd_per_tb_month, 2)}
+    return {
+        "repositories": repositories,
+        "totalBytes": sum(r["bytes"] for r in repositories.values()),
+        "monthlyUsd": round(sum(r["bytes"] / TB * r["usdPerTbMonth"] for r in repositories.values()), 2),
+    }

@@ -39,9 +39,13 @@ def is_wrapped_secret(value: Any) -> bool:
     return isinstance(value, dict) and SECRET_SIG in value and "value" in value
 
 
-def verify_report(name: str, role: str, info: Any) -> str:
+def verify_report(name: str, role: str, info: Any, repo_bytes: dict[str, int] | None = None) -> str:
     """What a node's verify step prints as its report (components.report owns the format)."""
-    return report.line(name, role, info)
+    return report.line(name, role, info, repo_bytes)
+
+
+# What the healthy leader's repositories hold (repo-ls of archive/ and backup/): 1.5 TB in repo1.
+HEALTHY_REPO_BYTES = {"1": 1_500_000_000_000}
 
 
 HEALTHY_INFO: list[dict[str, Any]] = [
@@ -66,7 +70,8 @@ def healthy_stdout(args: pulumi.runtime.MockResourceArgs) -> str:
     if name.endswith("-verify"):
         node = name.removeprefix("cluster-").removesuffix("-verify")
         leader = node == LEADER.get("name")
-        return verify_report(node, "leader" if leader else "replica", HEALTHY_INFO if leader else None) + "\n"
+        return verify_report(node, "leader" if leader else "replica", HEALTHY_INFO if leader else None,
+                             HEALTHY_REPO_BYTES if leader else None) + "\n"
     if name.endswith("-install"):
         return "pgbackrest 2.45-1\n"
     return ""

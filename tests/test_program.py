@@ -186,7 +186,8 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     provider, run = provider_run
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
-                            "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion"}
+                            "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion",
+                            "storageCost"}
     assert outputs["pgbackrestVersion"] == "2.45-1"
     assert outputs["storage"]["provider"] == provider
     assert outputs["storage"]["repoPath"] == "/repo"
@@ -227,6 +228,35 @@ def test_outputs_when_no_leader_reports() -> None:
     assert run.outputs["stanzaStatus"]["code"] == -1
     assert run.outputs["lastBackup"] is None
     assert run.outputs["walArchive"] is None
+    assert run.outputs["storageCost"] is None
+
+
+# ---- storageCost (issue 11, item 4) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("provider", "usd"), [("b2", 9.0), ("wasabi", 10.485), ("s3", 34.5), ("minio", 0.0)])
+def test_storage_cost_prices_what_the_leader_measured_at_the_providers_dated_price(provider: str, usd: float) -> None:
+    """1.5 TB in repo1 (the healthy leader's repo-ls): the provider's list price from components/providers.py,
+    dated (B2 $6, Wasabi $6.99, S3 Standard $23 per TB and month as of 2026-04; a self-hosted MinIO $0)."""
+    run = run_program(stack_config(storage=PROVIDERS[provider]))
+    cost = run.outputs["storageCost"]
+    assert cost["totalBytes"] == 1_500_000_000_000
+    assert cost["monthlyUsd"] == pytest.approx(usd, abs=0.005)  # rounded to cents
+    assert cost["repositories"]["1"]["provider"] == provider
+    assert cost["repositories"]["1"]["priceAsOf"] == "2026-04"
+    assert set(cost["repositories"]) == {"1"}
+
+
+def test_storage_cost_per_repository_with_a_configured_price() -> None:
+    storage = {**PROVIDERS["minio"], "pricePerTbMonth": 4}
+    run = run_program(stack_config(storage=storage, retention={"monthly": 12}), command_stdout=lambda args: (
+        verify_report("pg1", "leader", HEALTHY_INFO, {"1": 250_000_000_000, "2": 2_000_000_000_000}) + "\n"
+        if args.name == "cluster-pg1-verify" else healthy_stdout(args)))
+    cost = run.outputs["storageCost"]
+    assert cost["repositories"]["1"]["monthlyUsd"] == 1.0
+    assert cost["repositories"]["2"] == {"provider": "minio", "bytes": 2_000_000_000_000, "usdPerTbMonth": 4.0,
+                                         "priceAsOf": "configured (pgbackup:storage.pricePerTbMonth)",
+                                         "monthlyUsd": 8.0}
+    assert (cost["totalBytes"], cost["monthlyUsd"]) == (2_250_000_000_000, 9.0)
 
 
 def test_preview_leaves_apply_time_outputs_unknown() -> None:
@@ -234,7 +264,7 @@ def test_preview_leaves_apply_time_outputs_unknown() -> None:
     run = run_program(stack_config(), preview=True)
     assert run.outputs["stanza"] == "main"
     assert run.outputs["storage"]["bucket"] == "pg-backups"
-    for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive"):
+    for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive", "storageCost"):
         assert run.outputs[key] is UNKNOWN, key
 
 

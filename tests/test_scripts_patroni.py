@@ -54,6 +54,7 @@ printf 'runuser %s\n' "$*" >>"$FAKE/calls"
 case " $* " in
   *" psql "*) echo on ;;
   *" --output=json info "*) cat "$FAKE/info.json" ;;
+  *" repo-ls "*) cat "$FAKE/repo-ls.json" ;;
 esac
 """,
     "sleep": """#!/bin/bash
@@ -62,6 +63,14 @@ printf 'sleep %s\\n' "$*" >>"$FAKE/calls"
 }
 INFO = [{"name": "main", "status": {"code": 0, "message": "ok"},
          "backup": [{"label": "20261122-020000F", "type": "full", "database": {"id": 1, "repo-key": 1}}]}]
+# `pgbackrest repo-ls --recurse --output=json` of repo1 (as 2.45 prints it): its archive/ and backup/ count, the
+# monthly archives nested under it (repo2's own) do not.
+REPO_LS = {".": {"type": "path"}, "archive": {"type": "path"},
+           "archive/main/17-1/0000000100000000/000000010000000000000001-ab.zst": {"type": "file", "size": 1000,
+                                                                                  "time": 1795678139},
+           "backup/main/backup.info": {"type": "file", "size": 20, "time": 1795678139},
+           "backup/main/20261122-020000F": {"type": "link", "destination": "x"},
+           "monthly/backup/main/backup.info": {"type": "file", "size": 300, "time": 1795678139}}
 
 
 def member_list(version: str, roles: dict[str, str], pending: tuple[str, ...] = ()) -> str:
@@ -136,6 +145,7 @@ def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence
             (fake / "list" / f"{i}.json").write_text(response + "\n")
     (fake / "list" / "last").write_text(str(len(responses)))
     (fake / "info.json").write_text(json.dumps(INFO))
+    (fake / "repo-ls.json").write_text(json.dumps(REPO_LS))
     (fake / "calls").touch()
     env = {"PATH": os.pathsep.join([str(fake / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]),
            "FAKE": str(fake), "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
@@ -173,7 +183,7 @@ def test_a_replica_does_nothing_and_succeeds(run: Run, tmp_path: Path, version: 
     assert [c for c in result.called("patronictl") if " list " not in f"{c} "] == []  # no edit-config, restart
     assert "role=replica: the leader (pg1)" in result.stdout + result.stderr
     if step == "verify":
-        assert json.loads(result.stdout) == {"node": "pg2", "role": "replica", "info": None}
+        assert json.loads(result.stdout) == {"node": "pg2", "role": "replica", "info": None, "repo_bytes": None}
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
@@ -202,9 +212,10 @@ def test_the_leader_sets_archiving_and_restarts_pending_members(
 def test_the_leader_verifies(run: Run, tmp_path: Path, version: str) -> None:
     result = run_step(run, tmp_path, "pg1", "verify", [member_list(version, VERSIONS[version])])
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO}
+    assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO, "repo_bytes": {"1": 1020}}
     assert [c.split(" pgbackrest ")[1] for c in pgbackrest_calls(result)] == [
-        "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info"]
+        "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info",
+        "--stanza=main --repo=1 --output=json --recurse repo-ls"]
 
 
 def test_a_leader_that_appears_during_the_wait_is_found(run: Run, tmp_path: Path) -> None:

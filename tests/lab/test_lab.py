@@ -47,8 +47,10 @@ def test_deploy_from_nothing(lab: Lab) -> None:
     # The backup is in the lab's S3 under the repo path, and pgBackRest agrees.
     s3 = boto3.client("s3", endpoint_url=lab.env["LAB_S3_ENDPOINT"], verify=lab.env["LAB_CA_FILE"],
                       region_name="us-east-1", aws_access_key_id="labadmin", aws_secret_access_key="x")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="pgbackup-lab", Prefix="lab/")
-            for o in page.get("Contents", [])]
+    sizes = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="pgbackup-lab",
+                                                                                        Prefix="lab/")
+             for o in page.get("Contents", [])}
+    keys = list(sizes)
     # A first full backup in each repository: repo1, and repo2 for the monthly archives (lab/monthly), so
     # that `pgbackrest info` reports ok rather than a status mixed across repositories.
     repo1, repo2 = backups(lab), backups(lab, repo=2)
@@ -58,6 +60,14 @@ def test_deploy_from_nothing(lab: Lab) -> None:
     for prefix in (f"lab/backup/{STANZA}/{repo1[0]['label']}/", f"lab/archive/{STANZA}/",
                    f"lab/monthly/backup/{STANZA}/{repo2[0]['label']}/", f"lab/monthly/archive/{STANZA}/"):
         assert any(k.startswith(prefix) for k in keys), prefix
+    # storageCost: what the leader's repo-ls measured per repository, against the bucket as S3 lists it now.
+    # The backups are as they were then; WAL archived since can only add to the archive.
+    cost = outputs["storageCost"]
+    for repo, base in (("1", "lab/"), ("2", "lab/monthly/")):
+        backup_bytes = sum(size for key, size in sizes.items() if key.startswith(f"{base}backup/"))
+        total_now = backup_bytes + sum(size for key, size in sizes.items() if key.startswith(f"{base}archive/"))
+        assert backup_bytes < cost["repositories"][repo]["bytes"] <= total_now, (repo, cost, backup_bytes, total_now)
+    assert cost["totalBytes"] == sum(r["bytes"] for r in cost["repositories"].values())
     print(f"\nfirst apply: {lab.first_apply_seconds:.1f} s, {len(lab.first_apply['ran'])} operations")
 
 
