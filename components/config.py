@@ -167,6 +167,13 @@ class StorageConfig(_Model):
                                     "bucket's lifecycle rule removes it (1-3650); replaces hiddenVersionDays, "
                                     "now refused"),
     )
+    key_generation: int = Field(
+        default=0, ge=0, le=9999,
+        description="the repository key's generation: raise it by one to rotate the key (with `create`): the new "
+                    "key is made, pushed to every node and proven by `pgbackrest check` before the old one is "
+                    "deleted (see [Key rotation](#key-rotation))",
+        json_schema_extra=doc(short="raise by one to rotate the key: the new key is made, pushed and proven "
+                                    "before the old one is deleted"))
     price_per_tb_month: float | None = Field(
         default=None, ge=0, le=100000,
         description="USD per TB (10^12 bytes) and month for the `storageCost` output's estimate; unset: the "
@@ -665,6 +672,12 @@ def repository_key_name(stack: str, stanza: str) -> str:
     return f"pgbackup-{stack}-{stanza}"
 
 
+def generation_suffix(generation: int) -> str:
+    """What a key of storage.keyGeneration `generation` adds to its names ("" for 0: a stack that never
+    rotated keeps the names it had)."""
+    return f"-g{generation}" if generation else ""
+
+
 def unpinned_nodes(cluster: ClusterConfig) -> list[str]:
     """Nodes reached without checking their SSH host key (only with insecureSkipHostKeyCheck)."""
     return [node.name for node in cluster.nodes if node.host_key is None]
@@ -684,7 +697,7 @@ def _check_host_keys(cluster: ClusterConfig) -> None:
 
 
 def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) -> None:
-    name = repository_key_name(stack, cluster.stanza)
+    name = repository_key_name(stack, cluster.stanza) + generation_suffix(storage.key_generation)
     # B2's rule for key names (components/b2.py refuses others when the key is created), checked here so that
     # a stanza the name cannot take is reported under pgbackup:cluster.stanza.
     if storage.provider == "b2" and not B2_KEY_NAME.fullmatch(name):
@@ -778,6 +791,10 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
             f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: required (secrets) when "
             f"{NAMESPACE}:storage.create is false"
         )
+    if not storage.create and storage.key_generation:
+        raise ConfigError(
+            f"{NAMESPACE}:storage.keyGeneration: rotates the key the program creates; with storage.create false "
+            "the key is yours: set the new one in pgbackup:accessKeyId / pgbackup:secretAccessKey instead")
     if storage.create and (access_key_id is not None or secret_access_key is not None):
         raise ConfigError(
             f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: only used with storage.create false; "

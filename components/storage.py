@@ -2,6 +2,11 @@
 
 Provider differences live in `_BACKENDS` (one function per provider family); everything else is shared.
 The bucket is retained on `pulumi destroy`: it holds the backups.
+
+Key rotation (storage.keyGeneration): a new generation gives the key resources new names. Pulumi creates the
+new key, updates what depends on it (every node's pgbackrest.conf, then the stanza and verify steps, whose
+`pgbackrest check` proves it), and deletes the old key only after all of that succeeded: a resource gone from
+the program is deleted at the end of the update, and not at all when a step failed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pulumi_minio as minio
 import pulumi_random as random
 
 from components.b2 import B2ApplicationKey, B2ApplicationKeyArgs, B2Bucket, B2BucketArgs
-from components.config import StorageConfig
+from components.config import StorageConfig, generation_suffix
 from components.providers import PROVIDERS
 
 # What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
@@ -101,9 +106,11 @@ def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: s
                      hidden_file_retention_days=storage.noncurrent_version_days),
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=False),
     )
+    gen = generation_suffix(storage.key_generation)
     key = B2ApplicationKey(
-        f"{name}-key",
-        B2ApplicationKeyArgs(key_name=key_name, bucket_id=bucket.bucket_id, name_prefix=f"{storage.key_prefix}/"),
+        f"{name}-key{gen}",
+        B2ApplicationKeyArgs(key_name=key_name + gen, bucket_id=bucket.bucket_id,
+                             name_prefix=f"{storage.key_prefix}/"),
         opts=pulumi.ResourceOptions(parent=parent),
     )
     return Credentials(key.application_key_id, key.application_key)
@@ -168,7 +175,8 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
         policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix), sort_keys=True),
         opts=pulumi.ResourceOptions(parent=parent, provider=iam),
     )
-    key = aws.iam.AccessKey(f"{name}-key", user=user.name, opts=pulumi.ResourceOptions(parent=parent, provider=iam))
+    key = aws.iam.AccessKey(f"{name}-key{generation_suffix(storage.key_generation)}", user=user.name,
+                            opts=pulumi.ResourceOptions(parent=parent, provider=iam))
     return Credentials(key.id, key.secret)
 
 
@@ -211,12 +219,14 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
         ],
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True, depends_on=[versioning]),
     )
+    # MinIO's key is a user: a new generation is a new user (and secret), attached to the same policy.
+    gen = generation_suffix(storage.key_generation)
     password = random.RandomPassword(
-        f"{name}-secret", length=40, special=False, opts=pulumi.ResourceOptions(parent=parent)
+        f"{name}-secret{gen}", length=40, special=False, opts=pulumi.ResourceOptions(parent=parent)
     )
     user = minio.IamUser(
-        f"{name}-user",
-        name=key_name,
+        f"{name}-user{gen}",
+        name=key_name + gen,
         secret=password.result,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, additional_secret_outputs=["secret"]),
     )
@@ -227,7 +237,7 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
         opts=pulumi.ResourceOptions(parent=parent, provider=provider),
     )
     minio.IamUserPolicyAttachment(
-        f"{name}-attachment",
+        f"{name}-attachment{gen}",
         user_name=user.name,
         policy_name=policy.name,
         opts=pulumi.ResourceOptions(parent=parent, provider=provider),

@@ -16,6 +16,7 @@ from tests.harness import (
     Run,
     depends_on,
     healthy_stdout,
+    node_files,
     run_program,
     stack_config,
     verify_report,
@@ -277,3 +278,50 @@ def test_nodes_with_different_pgbackrest_versions_fail_the_apply_naming_them() -
     with pytest.raises(Exception, match=r"pg1 runs 2\.45-1, pg2 runs 2\.55\.1-1, pg3 runs 2\.45-1: set "
                                         r"pgbackup:pgbackrest\.version"):
         run_program(stack_config(), command_stdout=stdout)
+
+
+# ---- Key rotation (issue 11, item 3) ---------------------------------------------------------------------
+
+KEY_RESOURCES = {  # provider -> the resources that are the key (renamed with each generation)
+    "b2": {"repository-key"},
+    "wasabi": {"repository-key"},
+    "s3": {"repository-key"},
+    "minio": {"repository-secret", "repository-user", "repository-attachment"},
+}
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_a_new_key_generation_is_a_new_key_and_the_old_one_is_gone_from_the_program(provider: str) -> None:
+    """Pulumi deletes a resource gone from the program at the end of the update, after every create and
+    update succeeded (the nodes' new pgbackrest.conf, the stanza and verify steps' `check`): a new name per
+    generation is what makes the rotation create-then-prove-then-delete. Generation 0 keeps today's names;
+    nothing else of the storage is renamed (bucket, rules, IAM user and policy)."""
+    first = {r.name for r in run_program(stack_config(storage=PROVIDERS[provider])).resources
+             if r.name.startswith("repository")}
+    rotated = {r.name for r in run_program(stack_config(storage={**PROVIDERS[provider], "keyGeneration": 1})
+                                           ).resources if r.name.startswith("repository")}
+    assert KEY_RESOURCES[provider] <= first
+    assert first - rotated == KEY_RESOURCES[provider]
+    assert rotated - first == {f"{name}-g1" for name in KEY_RESOURCES[provider]}
+
+
+def test_the_rotated_key_reaches_every_node_and_reruns_the_check() -> None:
+    def config_of(run: Run, node: str) -> str:
+        return node_files(run, node)["/etc/pgbackrest/pgbackrest.conf"]["content"]
+
+    storage = PROVIDERS["minio"]
+    before = run_program(stack_config(storage=storage))
+    after = run_program(stack_config(storage={**storage, "keyGeneration": 1}))
+    for node in ("pg1", "pg2", "pg3"):
+        assert "repo1-s3-key=pgbackup-test-main\n" in config_of(before, node)
+        assert "repo1-s3-key=pgbackup-test-main-g1\n" in config_of(after, node)
+    # The stanza and verify steps re-run on a configuration change (their trigger is its digest).
+    for step in ("stanza", "verify"):
+        assert before.named(f"cluster-pg1-{step}").inputs["triggers"] != after.named(f"cluster-pg1-{step}").inputs["triggers"]
+
+
+def test_key_generation_with_an_adopted_key_is_refused() -> None:
+    storage = {**PROVIDERS["s3"], "create": False, "keyGeneration": 2}
+    secrets = {k: SENTINELS[k] for k in ("sshPrivateKey", "cipherPass", "accessKeyId", "secretAccessKey")}
+    with pytest.raises(Exception, match=r"pgbackup:storage.keyGeneration: rotates the key the program creates"):
+        run_program(stack_config(storage=storage), secrets=secrets)
