@@ -131,15 +131,17 @@ class Lab:
         return self.sql(node, "SELECT pg_walfile_name(pg_switch_wal())")
 
     # -- the program
-    def apply(self, stack: dict[str, Any] | None = None, secrets: dict[str, str] | None = None) -> dict[str, Any]:
-        """The driver's `pulumi up` with Pulumi.lab.yaml, or with `stack` (the config mapping) instead."""
+    def apply(self, stack: dict[str, Any] | None = None, secrets: dict[str, str] | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+        """The driver's `pulumi up` with Pulumi.lab.yaml, or with `stack` (the config mapping) instead; `env`
+        adds to the environment of `pulumi up` (the storage admin's credentials)."""
         stack_file = ROOT / "Pulumi.lab.yaml"
         if stack is not None:
             # Same stack name ("lab"), other configuration: as `pulumi config set` then `pulumi up -s lab`.
             (LAB_DIR / "changed").mkdir(exist_ok=True)
             stack_file = LAB_DIR / "changed" / "Pulumi.lab.yaml"
             stack_file.write_text(yaml.safe_dump({"config": stack}))
-        return driver.apply(LAB_DIR, self.env, stack_file, extra_secrets=secrets)
+        return driver.apply(LAB_DIR, {**self.env, **(env or {})}, stack_file, extra_secrets=secrets)
 
     def stack(self) -> dict[str, Any]:
         config: dict[str, Any] = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]
@@ -356,10 +358,14 @@ class AuthenticatedS3:
     a bucket and a user with pgbackup's repository policy are made before authentication starts; then only
     that user's key, used within its policy, is accepted. https://localhost:<port> with the lab CA."""
 
-    def __init__(self, lab: Lab, bucket: str, prefix: str, port: int = 9444, moto_port: int = 9101) -> None:
+    def __init__(self, lab: Lab, bucket: str, prefix: str, port: int = 9444, moto_port: int = 9101,
+                 admin: bool = False) -> None:
         self.endpoint = f"localhost:{port}"
+        self.moto_url = f"http://127.0.0.1:{moto_port}"
         moto = str(Path(sys.executable).parent / "moto_server")  # the running venv's (a worktree may have none)
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+        # Unauthenticated: the bucket, the pgbackrest user (policy, key) and, with `admin`, an administrator
+        # (user, policy, key) whose credentials `admin_env` gives to `pulumi up` (for storage.create true).
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7" if admin else "4"}
         self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -380,7 +386,25 @@ class AuthenticatedS3:
                             PolicyDocument=json.dumps(repository_policy(bucket, prefix)))
         key = iam.create_access_key(UserName="pgbackrest")["AccessKey"]
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
+        self.admin: tuple[str, str] | None = None
+        if admin:
+            iam.create_user(UserName="lab-admin")
+            iam.put_user_policy(UserName="lab-admin", PolicyName="admin", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+            created = iam.create_access_key(UserName="lab-admin")["AccessKey"]
+            self.admin = (created["AccessKeyId"], created["SecretAccessKey"])
         self.proxy = _TlsProxy(port, moto_port)
+
+    def admin_env(self) -> dict[str, str]:
+        """The administrator's credentials, as the environment of `pulumi up` gives them to pulumi-aws."""
+        assert self.admin is not None, "AuthenticatedS3(admin=True)"
+        return {"AWS_ACCESS_KEY_ID": self.admin[0], "AWS_SECRET_ACCESS_KEY": self.admin[1]}
+
+    def client_as(self, access_key_id: str, secret_access_key: str) -> Any:
+        """An S3 client of this endpoint with the given key."""
+        return boto3.client("s3", endpoint_url=self.moto_url, region_name="us-east-1",
+                            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                            config=BotoConfig(s3={"addressing_style": "path"}))
 
     def close(self) -> None:
         self.proxy.close()

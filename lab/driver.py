@@ -248,6 +248,7 @@ class LabEngine(pulumi.runtime.Mocks):
         self.first_failure: StepFailed | None = None
         self.running = 0
         self.idle = threading.Condition(self.lock)
+        self.declared: set[str] = set()
 
     def wait_idle(self, timeout: float = COMMAND_TIMEOUT) -> None:
         """Until no command runs on any node (the steps in flight when another failed have finished)."""
@@ -279,6 +280,8 @@ class LabEngine(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = unwrap(args.inputs)
         typ = args.typ
+        with self.lock:
+            self.declared.add(args.name)
         if typ.startswith("pgbackup:") or typ == "pulumi:pulumi:Stack":
             return f"{args.name}-id", {}
         if typ.startswith("pulumi:providers:"):
@@ -312,10 +315,16 @@ class LabEngine(pulumi.runtime.Mocks):
         self.remember(name, key, outputs)
         return f"{name}-id", {**inputs, **outputs}
 
-    def boto(self, service: str, provider_ref: str | None) -> Any:
+    def provider_inputs(self, provider_ref: str | None) -> dict[str, Any]:
         provider = next((p for n, p in self.providers.items() if provider_ref and f"::{n}::" in provider_ref), None)
         if provider is None:
             raise RuntimeError(f"lab driver: no aws provider for {provider_ref}")
+        return provider
+
+    def boto(self, service: str, provider_ref: str | None) -> Any:
+        return self.client(service, self.provider_inputs(provider_ref))
+
+    def client(self, service: str, provider: dict[str, Any]) -> Any:
         endpoints = provider["endpoints"]
         endpoints = json.loads(endpoints) if isinstance(endpoints, str) else endpoints
         url = endpoints[0][service]
@@ -329,7 +338,9 @@ class LabEngine(pulumi.runtime.Mocks):
                      ) -> tuple[str, dict[str, Any]]:
         typ, name = args.typ, args.name
         old = self.state.get(name)
-        key = digest([typ, inputs])
+        # Another provider (endpoint, region) is another resource, as Pulumi replaces it.
+        provider = self.provider_inputs(args.provider)
+        key = digest([typ, inputs, provider])
         if old and old["inputs"] == key:
             return old["outputs"]["id"], {**inputs, **old["outputs"]}
         if typ == "aws:s3/bucket:Bucket":
@@ -359,14 +370,15 @@ class LabEngine(pulumi.runtime.Mocks):
             outputs = {"id": f"{inputs['user']}:{name}"}
         elif typ == "aws:iam/accessKey:AccessKey":
             iam = self.boto("iam", args.provider)
-            if old:  # replaced: the old key goes, as pulumi-aws deletes it
-                with contextlib.suppress(iam.exceptions.NoSuchEntityException):
-                    iam.delete_access_key(UserName=old["outputs"]["user"], AccessKeyId=old["outputs"]["id"])
+            if old:  # replaced: the old key goes (where it was made), as pulumi-aws deletes it
+                old_iam = self.client("iam", old.get("provider") or provider)
+                with contextlib.suppress(old_iam.exceptions.NoSuchEntityException):
+                    old_iam.delete_access_key(UserName=old["outputs"]["user"], AccessKeyId=old["outputs"]["id"])
             created = iam.create_access_key(UserName=inputs["user"])["AccessKey"]
             outputs = {"id": created["AccessKeyId"], "secret": created["SecretAccessKey"], "user": inputs["user"]}
         else:
             raise NotImplementedError(f"lab driver: no real implementation for {typ} ({name})")
-        self.remember(name, key, outputs)
+        self.remember(name, key, outputs, {"type": typ, "provider": provider})
         return outputs["id"], {**inputs, **outputs}
 
     def remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -436,6 +448,23 @@ class LabEngine(pulumi.runtime.Mocks):
         # pulumi-command returns the output without its trailing newline.
         return out.rstrip("\n"), err.rstrip("\n")
 
+    def delete_gone(self) -> list[str]:
+        """After a successful update, as Pulumi's engine does last: delete what the program no longer declares.
+        Done for real for access keys (key rotation: storage.keyGeneration renames the key, so the old one is
+        deleted only once everything else succeeded); any other resource gone from the program is forgotten."""
+        deleted = []
+        for name, entry in sorted(self.state.items()):
+            if name in self.declared:
+                continue
+            if entry.get("type") == "aws:iam/accessKey:AccessKey":
+                iam = self.client("iam", entry["provider"])
+                with contextlib.suppress(iam.exceptions.NoSuchEntityException):
+                    iam.delete_access_key(UserName=entry["outputs"]["user"], AccessKeyId=entry["outputs"]["id"])
+                deleted.append(name)
+                del self.state[name]
+        self.save()
+        return deleted
+
     def destroy_all(self) -> None:
         """`pulumi destroy`: run the delete command of every remote step that has one; forget the rest.
         Storage is retained (retainOnDelete), like the program says."""
@@ -485,6 +514,7 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
         if engine.first_failure is not None:
             raise engine.first_failure from None
         raise
+    engine.delete_gone()
     shown = {k: v if show_secrets else mask(v, k in secret) for k, v in outputs.items()}
     (lab_dir / "outputs.json").write_text(json.dumps({k: mask(v, k in secret) for k, v in outputs.items()},
                                                      indent=2, sort_keys=True))

@@ -9,12 +9,14 @@ import copy
 import json
 import re
 import shlex
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from components.report import repo_of
 from lab import driver
@@ -600,6 +602,68 @@ def test_a_scoped_key_is_enough_and_a_wrong_secret_fails_clearly(lab: Lab) -> No
     finally:
         s3.close()
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
+
+
+def archiver(lab: Lab, node: str) -> tuple[int, int]:
+    """(archived_count, failed_count) of pg_stat_archiver on `node`."""
+    archived, failed = lab.sql(node, "SELECT archived_count, failed_count FROM pg_stat_archiver").split("|")
+    return int(archived), int(failed)
+
+
+def test_key_rotation_loses_no_archive_and_the_old_key_is_refused(lab: Lab) -> None:
+    """storage.keyGeneration against an S3 that checks signatures, with the key made by the program (an
+    administrator's credentials for `pulumi up`): while a writer switches WAL segments every second, the
+    rotation creates the new key, pushes it, proves it, and deletes the old one last. Not one archive
+    failure on the leader, and the old key is refused afterwards."""
+    s3 = AuthenticatedS3(lab, bucket="pgbackup-rotate", prefix="lab", port=9445, moto_port=9102, admin=True)
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:storage"].update(endpoint=s3.endpoint, bucket="pgbackup-rotate")
+    admin = s3.admin_env()
+    try:
+        first = lab.apply(stack, env=admin)
+        assert first["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        old_id = first["outputs"]["accessKeyId"]
+        old_secret = lab.driver_state()["repository-key"]["outputs"]["secret"]
+        s3.client_as(old_id, old_secret).list_objects_v2(Bucket="pgbackup-rotate", Prefix="lab/")  # it works
+        leader = lab.leader()
+        lab.sql(leader, "DROP TABLE IF EXISTS rotation_writes; CREATE TABLE rotation_writes (at timestamptz)")
+        before = archiver(lab, leader)
+        stop, written = threading.Event(), []
+
+        def writer() -> None:
+            while not stop.is_set():
+                lab.sql(leader, "INSERT INTO rotation_writes VALUES (now())")
+                written.append(lab.switch_wal(leader))
+                stop.wait(1)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        try:
+            rotated_stack = copy.deepcopy(stack)
+            rotated_stack["pgbackup:storage"]["keyGeneration"] = 1
+            rotated = lab.apply(rotated_stack, env=admin)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        new_id = rotated["outputs"]["accessKeyId"]
+        assert new_id != old_id
+        assert rotated["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        assert len(written) >= 5, written
+        lab.wait_archived(lab.switch_wal(leader))  # archiving goes on with the new key
+        after = archiver(lab, leader)
+        assert after[1] == before[1], f"archive failures during the rotation: {before} -> {after}"
+        assert after[0] >= before[0] + len(written), (before, after, len(written))
+        with pytest.raises(ClientError) as refused:
+            s3.client_as(old_id, old_secret).list_objects_v2(Bucket="pgbackup-rotate", Prefix="lab/")
+        assert refused.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied"), refused.value.response
+        assert "repository-key" not in lab.driver_state()
+        lab.pgbackrest(leader, "--log-level-console=warn check")
+    finally:
+        try:
+            # The default stack again, while this S3 still answers: the rotated key goes as gone from the program.
+            lab.apply(env=admin)
+        finally:
+            s3.close()
 
 
 def timed_incremental(lab: Lab, leader: str) -> float:
