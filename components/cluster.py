@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_random as random
@@ -39,11 +38,11 @@ class BackupCluster(pulumi.ComponentResource):
     """pgBackRest on every node of a Patroni cluster, the stanza, archiving, and scheduled backups."""
 
     cipher_pass: pulumi.Output[str]
-    nodes: pulumi.Output[list[dict[str, str]]]
-    stanza_status: pulumi.Output[dict[str, Any]]
-    last_backup: pulumi.Output[dict[str, Any] | None]
-    wal_archive: pulumi.Output[dict[str, Any] | None]
-    storage_cost: pulumi.Output[dict[str, Any] | None]
+    nodes: pulumi.Output[list[report.NodeRole]]
+    stanza_status: pulumi.Output[report.StanzaStatus]
+    last_backup: pulumi.Output[report.LastBackup | None]
+    wal_archive: pulumi.Output[report.WalArchive | None]
+    storage_cost: pulumi.Output[report.StorageCost | None]
     pgbackrest_version: pulumi.Output[str]
 
     def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -118,7 +117,7 @@ class BackupCluster(pulumi.ComponentResource):
         )
         self.nodes = reports.apply(
             lambda rs: [
-                {"name": node.name, "host": node.host, "role": r["role"]}
+                report.NodeRole(name=node.name, host=node.host, role=r["role"])
                 for node, r in zip(cluster.nodes, rs, strict=False)
             ]
         )

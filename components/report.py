@@ -47,12 +47,49 @@ def leader_info(reports: Sequence[VerifyReport]) -> dict[str, Any] | None:
     return None
 
 
+class StanzaStatus(TypedDict):
+    code: int
+    message: str
+
+
+class LastBackup(TypedDict):
+    label: str
+    type: str
+    repo: int
+    stopTime: str
+
+
+class WalArchive(TypedDict):
+    min: str | None
+    max: str | None
+
+
+class RepositoryCost(TypedDict):
+    provider: str
+    bytes: int
+    usdPerTbMonth: float
+    priceAsOf: str
+    monthlyUsd: float
+
+
+class StorageCost(TypedDict):
+    repositories: dict[str, RepositoryCost]
+    totalBytes: int
+    monthlyUsd: float
+
+
+class NodeRole(TypedDict):
+    name: str
+    host: str
+    role: str
+
+
 def repo_of(entry: dict[str, Any]) -> int:
     """The repository (1, or 2 for monthly archives) an `info` backup or archive entry belongs to."""
     return int((entry.get("database") or {}).get("repo-key", 1))
 
 
-def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
+def stanza_status(info: dict[str, Any] | None) -> StanzaStatus:
     """{code, message} as `pgbackrest info` reports them; code -1 when no leader reported."""
     if info is None:
         return {"code": -1, "message": "no leader reported pgbackrest info at apply time"}
@@ -60,7 +97,7 @@ def stanza_status(info: dict[str, Any] | None) -> dict[str, Any]:
     return {"code": status["code"], "message": status["message"]}
 
 
-def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
+def last_backup(info: dict[str, Any] | None) -> LastBackup | None:
     """{label, type, repo, stopTime} of the newest backup in any repository (stopTime in UTC, ISO 8601)."""
     backups = (info or {}).get("backup") or []
     if not backups:
@@ -71,7 +108,7 @@ def last_backup(info: dict[str, Any] | None) -> dict[str, Any] | None:
             "stopTime": stop.isoformat().replace("+00:00", "Z")}
 
 
-def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
+def wal_archive(info: dict[str, Any] | None) -> WalArchive | None:
     """{min, max} WAL segment of the current database's archive in repo1 (where every backup's WAL is), or
     None."""
     archives = [a for a in (info or {}).get("archive") or [] if repo_of(a) == 1]
@@ -84,7 +121,7 @@ def wal_archive(info: dict[str, Any] | None) -> dict[str, Any] | None:
 TB = 10**12
 
 
-def storage_cost(reports: Sequence[VerifyReport], prices: Mapping[int, tuple[str, Price]]) -> dict[str, Any] | None:
+def storage_cost(reports: Sequence[VerifyReport], prices: Mapping[int, tuple[str, Price]]) -> StorageCost | None:
     """What the repositories hold and what that costs a month: per repository (by index) its provider, bytes,
     price and monthly estimate, then the totals; None when no leader reported. `prices`: each repository's
     provider and price. Storage only (requests, egress, providers' minimums and versions kept after a
@@ -93,7 +130,7 @@ def storage_cost(reports: Sequence[VerifyReport], prices: Mapping[int, tuple[str
                     None)
     if measured is None:
         return None
-    repositories: dict[str, dict[str, Any]] = {}
+    repositories: dict[str, RepositoryCost] = {}
     for index, (provider, price) in sorted(prices.items()):
         size = int(measured.get(str(index), 0))
         repositories[str(index)] = {
