@@ -8,7 +8,7 @@
    RPO = the time of the cut minus the newest row the archive holds.
 3. Restore throughput: a pgbench database of at least 1 GB, a full backup, then a restore of it into a
    scratch directory on a replica: MB/s of database restored (and of the backup, for comparison).
-4. RTO of the README's point-in-time recovery of the whole cluster (lab.control.Lab.recover_cluster_to) on
+4. RTO of the README's point-in-time recovery of the whole cluster (`pgbackup recover`) on
    that database: from stopping Patroni to three healthy members on the new timeline, step by step.
 
 Usage: .venv/bin/python -m lab.bench [--scale 70]
@@ -20,7 +20,7 @@ import argparse
 import shlex
 import time
 
-from lab.control import PG_BIN, PG_DATA, Lab, start_lab, stop_lab
+from lab.control import PG_BIN, Lab, start_lab, stop_lab
 
 
 def rpo(lab: Lab) -> tuple[float, str]:
@@ -78,7 +78,7 @@ def cluster_pitr(lab: Lab) -> dict[str, float]:
     for node in lab.nodes:
         if lab.sql(node, "SELECT count(*) FROM bench_pitr WHERE batch = 'after'") != "0":
             raise RuntimeError(f"{node} still has rows written after the target")
-        lab.ssh(node, f"rm -rf {PG_DATA}.before-pitr")
+    lab.pgbackup("recover", "--cleanup")
     return took
 
 

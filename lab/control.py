@@ -29,6 +29,7 @@ from botocore.config import Config as BotoConfig
 from components.report import repo_of
 from components.storage import repository_policy
 from lab import driver
+from pgbackup_cli.recover import STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108 -- the lab's own state
@@ -186,56 +187,38 @@ class Lab:
         finally:
             self.ssh(node, f"{pg_ctl} -m immediate stop; rm -rf {scratch} {sock}", check=False)
 
-    # -- recovery
+    # -- the operator's command
+    def pgbackup(self, *args: str, check: bool = True, timeout: float = 7200) -> subprocess.CompletedProcess[str]:
+        """`pgbackup <command> -s lab <args>` (the product's command, pgbackup_cli), with the lab's key and a
+        copy of Pulumi.lab.yaml that names the running release's pgVersion (as the driver applies it)."""
+        return sh(*self.pgbackup_argv(*args), check=check, timeout=timeout, cwd=str(ROOT))
+
+    def pgbackup_argv(self, *args: str) -> list[str]:
+        command, *rest = args
+        return [sys.executable, "-m", "pgbackup_cli", command, "-s", "lab", "-C", str(self.cli_stack_dir()),
+                "--identity", self.env["LAB_SSH_KEY"], *rest]
+
+    def cli_stack_dir(self) -> Path:
+        directory = LAB_DIR / "cli"
+        directory.mkdir(exist_ok=True)
+        config = self.stack()
+        config["pgbackup:cluster"] = {**config["pgbackup:cluster"], "pgVersion": int(self.env["LAB_PG_VERSION"])}
+        (directory / "Pulumi.lab.yaml").write_text(yaml.safe_dump({"config": config}))
+        return directory
+
     def recover_cluster_to(self, target: str) -> dict[str, float]:
-        """The README's "Point-in-time recovery of the cluster", step by step (runuser for sudo -u), on the
-        current leader. Returns the seconds each step took; the cluster is healthy again at the end, with
-        the replicas' old data directories still aside (step 7 is the caller's)."""
-        leader, replicas = self.leader(), self.replicas()
-        pg_ctl = f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {PG_DATA}"
-        took: dict[str, float] = {}
-        started = time.monotonic()
+        """`pgbackup recover --to <target> --yes`: the README's point-in-time recovery of the whole cluster.
+        Returns the seconds each step took (from the recovery's state on the leader); the cluster is healthy
+        again at the end, with the replicas' old data directories still aside (`recover --cleanup` removes
+        them)."""
+        self.pgbackup("recover", "--to", target, "--yes")
+        return self.recovery_steps(self.leader())
 
-        def step(name: str) -> None:
-            nonlocal started
-            took[name] = time.monotonic() - started
-            started = time.monotonic()
-
-        # 1. Patroni stopped on the replicas, then on the leader (no failover on the way down).
-        for node in [*replicas, leader]:
-            self.ssh(node, "systemctl stop patroni")
-        step("1 stop Patroni")
-        # 2. The cluster's state in the DCS forgotten (patronictl asks for the scope, then for the phrase).
-        self.ssh(leader, f"printf '%s\\n' {SCOPE} 'Yes I am aware' | "
-                         f"patronictl -c /etc/patroni/patroni.yml remove {SCOPE}")
-        step("2 patronictl remove")
-        # 3. Restore to the target; replay to it and promote by hand, no client able to connect; stop.
-        self.pgbackrest(leader, f"--delta --type=time '--target={target}' --target-action=promote "
-                                "--log-level-console=warn restore", timeout=3600)
-        self.ssh(leader, f"{pg_ctl} -o \"-c listen_addresses=''\" -l /var/tmp/pitr-start.log -w -t 3600 start",
-                 timeout=3700)
-        deadline = time.monotonic() + 3600
-        while self.sql(leader, "SELECT pg_is_in_recovery()") != "f":
-            assert time.monotonic() < deadline, "the restored leader did not promote"
-            time.sleep(1)
-        self.ssh(leader, f"{pg_ctl} -m fast -w -t 600 stop")
-        step("3 restore, replay, promote")
-        # 4. Patroni takes the restored data as the cluster and leads it.
-        self.ssh(leader, "systemctl start patroni")
-        self.wait_healthy(timeout=300, count=1)
-        assert self.leader() == leader
-        step("4 Patroni takes over")
-        # 5. A full backup of the new timeline, from the leader (the standbys are down), before the replicas
-        #    are rebuilt from the repository.
-        self.pgbackrest(leader, "--type=full --no-backup-standby --log-level-console=error backup", timeout=3600)
-        step("5 full backup")
-        # 6. Each replica's old data kept aside; Patroni rebuilds it through the pgbackrest method.
-        for node in replicas:
-            self.ssh(node, f"mv {PG_DATA} {PG_DATA}.before-pitr && "
-                           f"install -d -o postgres -g postgres -m 0700 {PG_DATA} && systemctl start patroni")
-        self.wait_healthy(timeout=3600)
-        step("6 replicas rebuilt")
-        return took
+    def recovery_steps(self, leader: str) -> dict[str, float]:
+        state = json.loads(self.ssh(leader, "cat /var/lib/pgbackup/recover.json").stdout)
+        assert state["finished"], state
+        steps: dict[str, float] = state["summary"]["stepSeconds"]
+        return {f"{i} {name}": steps[name] for i, (name, _) in enumerate(STEPS, 1)}
 
     # -- faults
     def kill_node(self, node: str) -> None:

@@ -528,7 +528,7 @@ def test_a_node_unreachable_at_apply_time(lab: Lab) -> None:
 
 
 def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab) -> None:
-    """README, "Point-in-time recovery of the cluster": lab.recover_cluster_to runs its steps."""
+    """README, "Point-in-time recovery of the cluster": `pgbackup recover --to <time>` runs its steps."""
     leader, replicas = lab.leader(), lab.replicas()
     timeline = max(int(m["TL"]) for m in lab.members())
     target = lab.rows_around_a_target(leader, "cluster_pitr")
@@ -549,9 +549,11 @@ def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab
     # Archiving goes on from the new timeline, check passes, backups run, verify finds no gap.
     lab.wait_archived(lab.switch_wal(leader))
     assert_archiving_and_backup_on(lab, leader)
-    # 7. Once verified, the old data goes.
-    for node in replicas:
-        lab.ssh(node, f"rm -rf {PG_DATA}.before-pitr")
+    # 7. Once verified, the old data goes: `recover --cleanup`.
+    assert all(lab.ssh(node, f"ls -d {PG_DATA}.before-pitr-*").stdout.strip() for node in replicas)
+    lab.pgbackup("recover", "--cleanup")
+    for node in lab.nodes:
+        assert lab.ssh(node, f"ls -d {PG_DATA}.before-pitr-*", check=False).returncode != 0, node
 
 
 def test_secrets_absent_from_commands_processes_units_and_journal(lab: Lab) -> None:

@@ -1,0 +1,131 @@
+"""The stack's cluster as the command sees it: its nodes over SSH, Patroni's member list, pgBackRest."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import paramiko
+
+from components.layout import PATHS
+from pgbackup_cli.remote import Node, RemoteError, warn
+from pgbackup_cli.repository import newest_wal_time, wal_listing_path
+from pgbackup_cli.stack import Stack
+
+T = TypeVar("T")
+
+
+class Cluster:
+    def __init__(self, stack: Stack, key: paramiko.PKey | None) -> None:
+        self.stack = stack
+        cluster = stack.cluster
+        if cluster.insecure_skip_host_key_check:
+            warn("pgbackup:cluster.insecureSkipHostKeyCheck is true: unpinned nodes are reached unchecked")
+        self.nodes = {n.name: Node(n, key, insecure=cluster.insecure_skip_host_key_check) for n in cluster.nodes}
+        self.q = shlex.quote
+
+    def node(self, name: str) -> Node:
+        if name not in self.nodes:
+            raise RemoteError(f"{name!r} is not a node of the stack (nodes: {', '.join(self.nodes)})")
+        return self.nodes[name]
+
+    def on_each(self, names: list[str], work: Any) -> dict[str, Any]:
+        """work(node) on each node at once; a node's RemoteError becomes its value."""
+        with ThreadPoolExecutor(max_workers=min(16, len(names) or 1)) as pool:
+            futures = {name: pool.submit(work, self.nodes[name]) for name in names}
+        results: dict[str, Any] = {}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except RemoteError as error:
+                results[name] = error
+        return results
+
+    # -- Patroni
+    def patronictl(self, args: str) -> str:
+        return f"timeout 60 patronictl -c {self.q(self.stack.cluster.patroni_config)} {args}"
+
+    def members(self, prefer: str | None = None) -> list[dict[str, Any]]:
+        """`patronictl list -f json` from the first node that answers (`prefer` first)."""
+        names = sorted(self.nodes, key=lambda n: n != prefer)
+        errors = []
+        for name in names:
+            try:
+                out = self.nodes[name].check(self.patronictl("list -f json"), what="patronictl list")
+                members: list[dict[str, Any]] = json.loads(out or "[]")
+                return members
+            except (RemoteError, json.JSONDecodeError) as error:
+                errors.append(str(error))
+        raise RemoteError("no node could list the Patroni cluster:\n" + "\n".join(errors))
+
+    @staticmethod
+    def leader_of(members: list[dict[str, Any]]) -> str | None:
+        leaders = [str(m["Member"]) for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def scope(self, node: str) -> str:
+        """Patroni's scope, from the node's patroni.yml."""
+        script = (f"python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[\"scope\"])' "
+                  f"{self.q(self.stack.cluster.patroni_config)}")
+        return self.node(node).check(script, what="reading Patroni's scope").strip()
+
+    # -- PostgreSQL and pgBackRest
+    def as_postgres(self, command: str) -> str:
+        return f"runuser -u postgres -- env --chdir=/ {command}"
+
+    def pgbackrest_command(self, args: str, locked: bool = False) -> str:
+        """pgBackRest on the stanza; `locked`: after pgbackup's backups, which all wait for one lock."""
+        lock = f"flock --wait 21600 {self.q(PATHS.backup_lock)} " if locked else ""
+        return f"{lock}pgbackrest --stanza={self.q(self.stack.cluster.stanza)} {args}"
+
+    def pgbackrest(self, args: str, locked: bool = False) -> str:
+        """pgbackrest_command as postgres."""
+        return self.as_postgres(self.pgbackrest_command(args, locked))
+
+    def psql(self, query: str) -> str:
+        cluster = self.stack.cluster
+        return self.as_postgres(f"psql -XAtq -v ON_ERROR_STOP=1 -h {self.q(cluster.pg_socket_path)} "
+                                f"-p {cluster.pg_port} -c {self.q(query)}")
+
+    def sql(self, node: str, query: str) -> str:
+        return self.node(node).check(self.psql(query), what="psql").strip()
+
+    def info(self, node: str, timeout: int = 120) -> dict[str, Any]:
+        """The stanza's `pgbackrest info` document, as `node` reads the repository."""
+        out = self.node(node).check(f"timeout -k 5 {timeout} " + self.pgbackrest("--output=json info"),
+                                    timeout=timeout + 30, what="pgbackrest info")
+        stanzas: list[dict[str, Any]] = json.loads(out)
+        if not stanzas:
+            raise RemoteError(f"{node}: pgbackrest info knows no stanza {self.stack.cluster.stanza}")
+        return stanzas[0]
+
+    def newest_wal_time(self, node: str, info: dict[str, Any]) -> float | None:
+        """When repo1's newest WAL segment reached the repository (its object's time), or None."""
+        found = wal_listing_path(self.stack.cluster.stanza, info)
+        if found is None:
+            return None
+        path, segment = found
+        out = self.node(node).check(self.pgbackrest(f"--repo=1 --output=json repo-ls {self.q(path)}"),
+                                    what="pgbackrest repo-ls")
+        return newest_wal_time(json.loads(out), segment)
+
+    def read_json(self, node: str, path: str) -> dict[str, Any] | None:
+        """A JSON file on the node, None when it does not exist."""
+        out = self.node(node).check(f"if [[ -f {self.q(path)} ]]; then cat {self.q(path)}; fi", what=f"reading {path}")
+        if not out.strip():
+            return None
+        value: dict[str, Any] = json.loads(out)
+        return value
+
+    def write_json(self, node: str, path: str, value: dict[str, Any]) -> None:
+        """Atomically (temp file, then rename), root-owned 0600."""
+        q = self.q
+        directory = path.rsplit("/", 1)[0]
+        self.node(node).check(f"install -d -m 0700 {q(directory)}; tmp=$(mktemp {q(path)}.XXXXXX); "
+                              f"cat >\"$tmp\"; chmod 0600 \"$tmp\"; mv -f \"$tmp\" {q(path)}",
+                              stdin=json.dumps(value, indent=1, sort_keys=True) + "\n", what=f"writing {path}")
+
+
+RECOVER_STATE = f"{PATHS.state_dir}/recover.json"

@@ -1,0 +1,174 @@
+"""`pgbackup status`: what each node and the repository say, and what needs attention."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from components.layout import PATHS
+from pgbackup_cli.cluster import Cluster
+from pgbackup_cli.remote import Node, RemoteError
+from pgbackup_cli.repository import newest_backups
+
+# The state files of the verification and drill services (written by them as postgres, atomically).
+VERIFY_STATE = f"{PATHS.home}/pgbackup-verify.json"
+DRILL_STATE = f"{PATHS.home}/pgbackup-drill.json"
+
+# Run on each node with python3 (Patroni's): pgBackRest's version, Patroni's service, the state files.
+NODE_REPORT = """
+import json, subprocess, sys
+def read(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return {"ok": False, "reason": "unreadable: %s" % error}
+def run(*args):
+    done = subprocess.run(args, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+version = run("pgbackrest", "version")
+print(json.dumps({"pgbackrest": version.split()[-1] if version else None,
+                  "patroniService": (subprocess.run(["systemctl", "is-active", "patroni"], capture_output=True,
+                                                    text=True).stdout.strip()),
+                  "verify": read(sys.argv[1]), "drill": read(sys.argv[2])}))
+"""
+
+ARCHIVER = ("SELECT json_build_object('lastArchivedWal', last_archived_wal, 'lastArchivedTime', "
+            "extract(epoch FROM last_archived_time), 'lastFailedWal', last_failed_wal, 'lastFailedTime', "
+            "extract(epoch FROM last_failed_time), 'failedCount', failed_count) FROM pg_stat_archiver")
+
+
+def iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def newest(reports: list[Any]) -> dict[str, Any] | None:
+    found = [r for r in reports if isinstance(r, dict)]
+    return max(found, key=lambda r: str(r.get("time", ""))) if found else None
+
+
+def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) -> dict[str, Any]:
+    """The status document (README, "The operator's command")."""
+    now = now or time.time()
+    stack = cluster.stack
+    problems: list[str] = []
+    q = cluster.q
+
+    def report(node: Node) -> dict[str, Any]:
+        out = node.check(f"python3 - {q(VERIFY_STATE)} {q(DRILL_STATE)}", stdin=NODE_REPORT, what="the node report")
+        value: dict[str, Any] = json.loads(out)
+        return value
+
+    reports = cluster.on_each(list(cluster.nodes), report)
+    try:
+        members = {str(m["Member"]): m for m in cluster.members()}
+    except RemoteError as error:
+        members = {}
+        problems.append(str(error))
+    leader = Cluster.leader_of(list(members.values()))
+    nodes = []
+    for name, rep in reports.items():
+        member = members.get(name, {})
+        entry: dict[str, Any] = {"name": name, "host": cluster.nodes[name].config.host,
+                                 "reachable": not isinstance(rep, RemoteError),
+                                 "role": {"Leader": "leader", "Replica": "replica", "Sync Standby": "replica",
+                                          "Standby Leader": "standby leader"}.get(str(member.get("Role"))),
+                                 "state": member.get("State"), "timeline": member.get("TL"),
+                                 "lagMB": member.get("Lag in MB"),
+                                 "pgbackrest": None if isinstance(rep, RemoteError) else rep["pgbackrest"]}
+        if isinstance(rep, RemoteError):
+            entry["error"] = str(rep)
+            problems.append(str(rep))
+        if not member:
+            problems.append(f"{name}: not a member of the Patroni cluster now")
+        elif member.get("State") not in ("running", "streaming"):
+            problems.append(f"{name}: Patroni says {member.get('State')}")
+        nodes.append(entry)
+    versions = {n["pgbackrest"] for n in nodes if n["pgbackrest"]}
+    if len(versions) > 1:
+        problems.append("pgBackRest versions differ: " + ", ".join(f"{n['name']} {n['pgbackrest']}" for n in nodes))
+    if leader is None:
+        problems.append("no running Patroni leader")
+
+    cluster_doc: dict[str, Any] = {"leader": leader, "stanza": None, "newestBackup": None, "walArchive": None}
+    source = leader or next((n["name"] for n in nodes if n["reachable"]), None)
+    if source is not None:
+        try:
+            info = cluster.info(source, timeout=info_timeout)
+            cluster_doc["stanza"] = {"name": info.get("name"), "code": info["status"]["code"],
+                                     "message": info["status"]["message"]}
+            cluster_doc["newestBackup"] = newest_backups(info)
+            archive = [a for a in info.get("archive") or [] if a.get("max")]
+            wal: dict[str, Any] = {"repoMax": archive[-1]["max"] if archive else None}
+            cluster_doc["walArchive"] = wal
+        except (RemoteError, ValueError, KeyError) as error:
+            cluster_doc["stanza"] = {"name": stack.cluster.stanza, "code": None,
+                                     "message": f"pgbackrest info failed: {error}"}
+        stanza = cluster_doc["stanza"]
+        if stanza["code"] != 0:
+            problems.append(f"stanza {stack.cluster.stanza}: {stanza['message']}")
+        for repo, backup in (cluster_doc["newestBackup"] or {}).items():
+            if backup is None:
+                problems.append(f"repo{repo} holds no backup")
+            elif repo == "1":
+                stop = datetime.fromisoformat(backup["stopTime"].replace("Z", "+00:00")).timestamp()
+                if now - stop > stack.schedule.max_backup_age_hours * 3600:
+                    problems.append(f"repo1's newest backup {backup['label']} is older than "
+                                    f"{stack.schedule.max_backup_age_hours} h")
+    if leader is not None:
+        try:
+            archiver = json.loads(cluster.sql(leader, ARCHIVER))
+            wal = cluster_doc["walArchive"] or {}
+            last_ok, last_failed = archiver["lastArchivedTime"], archiver["lastFailedTime"]
+            wal.update({"lastArchived": archiver["lastArchivedWal"], "lastArchivedTime": iso(last_ok),
+                        "ageSeconds": None if last_ok is None else round(now - last_ok, 1),
+                        "lastFailed": archiver["lastFailedWal"], "lastFailedTime": iso(last_failed),
+                        "failing": last_failed is not None and (last_ok is None or last_failed > last_ok)})
+            cluster_doc["walArchive"] = wal
+            if wal["failing"]:
+                problems.append(f"WAL archiving is failing on {leader} (last failure {wal['lastFailedTime']}, "
+                                f"last success {wal['lastArchivedTime']})")
+        except (RemoteError, ValueError, KeyError) as error:
+            problems.append(f"{leader}: pg_stat_archiver unreadable: {error}")
+    ok_reports = [r for r in reports.values() if isinstance(r, dict)]
+    for kind in ("verify", "drill"):
+        last = newest([r[kind] for r in ok_reports])
+        cluster_doc["last" + kind.capitalize()] = last
+        if last is not None and last.get("ok") is False:
+            problems.append(f"the last {kind} ({last.get('time')}) failed: {last.get('reason') or last.get('errors')}")
+    return {"stack": stack.name, "time": iso(now), "nodes": nodes, "cluster": cluster_doc,
+            "problems": problems, "ok": not problems}
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The status for people."""
+    lines = [f"stack {doc['stack']} at {doc['time']}", "",
+             f"{'node':<16} {'host':<24} {'role':<10} {'state':<12} {'TL':>4} {'lag MB':>7}  pgBackRest"]
+    for n in doc["nodes"]:
+        state = n["state"] if n["reachable"] else "unreachable"
+        lines.append(f"{n['name']:<16} {n['host']:<24} {n['role'] or '-':<10} {state or '-':<12} "
+                     f"{n['timeline'] or '-':>4} {n['lagMB'] if n['lagMB'] is not None else '-':>7}  "
+                     f"{n['pgbackrest'] or '-'}")
+    c = doc["cluster"]
+    stanza = c["stanza"] or {}
+    lines += ["", f"leader: {c['leader'] or 'none'}",
+              f"stanza {stanza.get('name', '-')}: {stanza.get('message', 'unknown')}"]
+    for repo, b in (c["newestBackup"] or {}).items():
+        lines.append(f"newest backup in repo{repo}: " + (f"{b['label']} ({b['type']}, ended {b['stopTime']})"
+                                                        if b else "none"))
+    wal = c["walArchive"] or {}
+    lines.append(f"WAL archive: {wal.get('lastArchived') or wal.get('repoMax') or 'unknown'}, archived "
+                 f"{wal.get('ageSeconds', '?')} s ago" + (" -- FAILING" if wal.get("failing") else ""))
+    for kind in ("Verify", "Drill"):
+        last = c.get("last" + kind)
+        lines.append(f"last {kind.lower()}: " + ("none recorded" if last is None else
+                                                 f"{'ok' if last.get('ok') else 'FAILED'} at {last.get('time')}"
+                                                 + (f", RTO {last['rtoSeconds']:.0f} s" if "rtoSeconds" in last
+                                                    else "")))
+    lines += ["", "needs attention:" if doc["problems"] else "all well"]
+    lines += [f"  - {p}" for p in doc["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""End to end: the operator's command (`pgbackup`, pgbackup_cli) against the lab: status, and the
+whole-cluster recovery to the latest state, interrupted, and refused. The README's recovery to a time is
+`test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says` in test_lab.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from components.cluster import repo_of
+from lab.control import PG_DATA, ROOT, Lab
+
+pytestmark = pytest.mark.lab
+
+STATE = "/var/lib/pgbackup/recover.json"
+
+
+def status(lab: Lab) -> tuple[int, dict[str, Any]]:
+    result = lab.pgbackup("status", "--json", "--info-timeout", "20", check=False, timeout=300)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def rows_in_every_node(lab: Lab, table: str) -> dict[str, str]:
+    return {node: lab.sql(node, f"SELECT count(*) FROM {table}") for node in lab.nodes}  # noqa: S608 -- fixed name
+
+
+def no_recovery_state(lab: Lab) -> None:
+    for node in lab.nodes:
+        assert lab.ssh(node, f"test -e {STATE}", check=False).returncode != 0, node
+
+
+def test_status_of_a_healthy_cluster_matches_the_nodes(lab: Lab) -> None:
+    lab.wait_healthy()
+    code, doc = status(lab)
+    assert (code, doc["ok"], doc["problems"]) == (0, True, []), doc
+    members = {m["Member"]: m for m in lab.members()}
+    for node in doc["nodes"]:
+        member = members[node["name"]]
+        assert node["role"] == ("leader" if member["Role"] == "Leader" else "replica"), node
+        assert node["timeline"] == member["TL"], node
+        version = lab.ssh(node["name"], "pgbackrest version").stdout.split()[-1]
+        assert node["pgbackrest"] == version, node
+    info = lab.info()
+    assert doc["cluster"]["leader"] == lab.leader()
+    assert doc["cluster"]["stanza"]["code"] == info["status"]["code"] == 0
+    for repo in (1, 2):
+        newest = [b for b in info["backup"] if repo_of(b) == repo][-1]
+        assert doc["cluster"]["newestBackup"][str(repo)]["label"] == newest["label"]
+    archived = lab.sql(lab.leader(), "SELECT last_archived_wal FROM pg_stat_archiver")
+    assert doc["cluster"]["walArchive"]["lastArchived"] == archived
+    assert doc["cluster"]["walArchive"]["failing"] is False
+    human = lab.pgbackup("status").stdout
+    assert "all well" in human
+    assert lab.leader() in human
+
+
+def test_status_of_a_degraded_cluster_matches_the_nodes(lab: Lab) -> None:
+    stopped = lab.replicas()[0]
+    lab.ssh(stopped, "systemctl stop patroni")
+    try:
+        code, doc = status(lab)
+        assert code == 1
+        assert not doc["ok"]
+        node = next(n for n in doc["nodes"] if n["name"] == stopped)
+        member = [m for m in lab.members() if m["Member"] == stopped]
+        # Patroni's own view: the member is gone from the DCS (or listed as stopped); the command says the same.
+        assert node["state"] == (member[0]["State"] if member else None), (node, member)
+        assert any(p.startswith(f"{stopped}:") for p in doc["problems"]), doc["problems"]
+    finally:
+        lab.ssh(stopped, "systemctl start patroni")
+    lab.wait_healthy()
+    leader = lab.leader()
+    with lab.s3_down():
+        lab.sql(leader, "CREATE TABLE IF NOT EXISTS status_outage (n int)")
+        lab.sql(leader, "INSERT INTO status_outage SELECT generate_series(1, 100)")
+        segment = lab.switch_wal(leader)
+        lab.wait_archive_failure(leader)
+        code, doc = status(lab)
+        failed = lab.sql(leader, "SELECT last_failed_wal FROM pg_stat_archiver")
+        assert code == 1
+        assert not doc["ok"]
+        assert doc["cluster"]["walArchive"]["failing"] is True
+        assert doc["cluster"]["walArchive"]["lastFailed"] == failed
+        assert doc["cluster"]["stanza"]["code"] != 0, doc["cluster"]["stanza"]
+        assert any("WAL archiving is failing" in p for p in doc["problems"]), doc["problems"]
+    lab.wait_archived(segment, timeout=240)
+    lab.wait_healthy()
+    assert status(lab)[0] == 0
+
+
+def test_recover_refuses_a_target_outside_the_repository_and_touches_nothing(lab: Lab) -> None:
+    before = lab.wait_healthy()
+    oldest = min(b["timestamp"]["stop"] for b in lab.info()["backup"] if repo_of(b) == 1)
+    too_old = datetime.fromtimestamp(oldest - 3600, tz=UTC).strftime("%Y-%m-%d %H:%M:%S+00")
+    too_new = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00")
+    for target, why in ((too_old, "older than the oldest backup"), (too_new, "newer than the newest archived WAL")):
+        result = lab.pgbackup("recover", "--to", target, "--yes", check=False)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert why in result.stderr, result.stderr
+        assert "the repository (repo1) holds" in result.stderr, result.stderr
+        assert "Patroni stopped" not in result.stdout
+    # Nothing touched: Patroni runs everywhere, the same leader and timeline, no recovery recorded.
+    after = lab.wait_healthy(timeout=10)
+    assert [(m["Member"], m["Role"], m["TL"]) for m in after] == [(m["Member"], m["Role"], m["TL"]) for m in before]
+    for node in lab.nodes:
+        assert lab.ssh(node, "systemctl is-active patroni").stdout.strip() == "active"
+    no_recovery_state(lab)
+
+
+def test_recover_interrupted_after_its_third_step_carries_on_when_run_again(lab: Lab) -> None:
+    leader = lab.leader()
+    target = lab.rows_around_a_target(leader, "interrupted_pitr")
+    argv = lab.pgbackup_argv("recover", "--to", target, "--yes")
+    process = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("[3/7] done"):
+            process.send_signal(signal.SIGINT)  # the operator's Ctrl-C, as step 4 begins
+            break
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, "".join(seen) + err
+    state = json.loads(lab.ssh(leader, f"cat {STATE}").stdout)
+    assert not state["finished"], state
+    assert {"stop-patroni", "forget-dcs", "restore"} <= set(state["done"]), state
+    again = lab.pgbackup("recover", "--to", target, "--yes")
+    assert "carrying on with the recovery" in again.stdout
+    assert "[1/7] stop Patroni on the replicas, then on the leader: done before" in again.stdout
+    assert "[3/7] restore the leader, replay, promote it by hand, stop it: done before" in again.stdout
+    members = lab.wait_healthy()
+    assert lab.leader() == leader
+    assert len({m["TL"] for m in members}) == 1
+    for node in lab.nodes:
+        assert lab.sql(node, "SELECT batch || '=' || count(*) FROM interrupted_pitr GROUP BY batch").split() == [
+            "before=100"], node
+    lab.pgbackup("recover", "--cleanup")
+    no_recovery_state(lab)
+
+
+def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: Lab) -> None:
+    leader, replicas = lab.leader(), lab.replicas()
+    lab.sql(leader, "DROP TABLE IF EXISTS lost_leader")
+    lab.sql(leader, "CREATE TABLE lost_leader (n int)")
+    lab.sql(leader, "INSERT INTO lost_leader SELECT generate_series(1, 5000)")
+    lab.wait_archived(lab.switch_wal(leader))
+    # The loss: the cluster is down (replicas first, so nothing fails over) and the leader's data is gone.
+    for node in [*replicas, leader]:
+        lab.ssh(node, "systemctl stop patroni")
+    lab.ssh(leader, f"rm -rf {PG_DATA}")
+    refused = lab.pgbackup("recover", "--to", "latest", "--yes", check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert "give --leader NODE" in refused.stderr, refused.stderr
+    started = time.monotonic()
+    done = lab.pgbackup("recover", "--to", "latest", "--leader", leader, "--yes")
+    print(f"\nrecover --to latest: {time.monotonic() - started:.1f} s\n{done.stdout[-600:]}")
+    lab.wait_healthy()
+    assert lab.leader() == leader
+    assert rows_in_every_node(lab, "lost_leader") == dict.fromkeys(lab.nodes, "5000")
+    lab.pgbackup("recover", "--cleanup")
+    no_recovery_state(lab)
