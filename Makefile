@@ -21,7 +21,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-setup: $(VENV)/.installed ## Debian packages and the venv for the program and its unit tests
+# The operator's command (README): runs pgbackup_cli from the repository this venv lives in (.venv in it).
+$(VENV)/bin/pgbackup: $(VENV)/.installed
+	printf '%s\n' '#!/bin/sh' '# pgbackup: the operator'"'"'s command (README), written by make setup.' \
+	  'repo=$$(cd "$$(dirname "$$0")/../.." && pwd)' \
+	  'PYTHONPATH="$$repo$${PYTHONPATH:+:$$PYTHONPATH}" exec "$$(dirname "$$0")/python" -m pgbackup_cli "$$@"' >$@
+	chmod 0755 $@
+
+setup: $(VENV)/.installed $(VENV)/bin/pgbackup ## Debian packages, the venv for the program and its unit tests, the pgbackup command
 	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then $(APT) update >/dev/null && $(APT) install --no-install-recommends $$missing >/dev/null; fi
 
