@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from components.cluster import repo_of
+from components.report import repo_of
 
 LATEST = "latest"
 

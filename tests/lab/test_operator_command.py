@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from components.cluster import repo_of
+from components.report import repo_of
 from lab.control import PG_DATA, ROOT, Lab
 
 pytestmark = pytest.mark.lab
