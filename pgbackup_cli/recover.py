@@ -248,9 +248,9 @@ systemctl start patroni
         }
         plan.finished = True
         self.save()
+        was = f"{plan.old_timeline} -> " if plan.old_timeline else ""  # unknown when no member ran at the start
         self.say(f"Recovered stack {plan.stack} to {plan.target} in {plan.summary['rtoSeconds']:.1f} s (RTO, from "
-                 f"step 1 to every member streaming); timeline {plan.old_timeline} -> {timeline}; pgbackrest check "
-                 "passed")
+                 f"step 1 to every member streaming); timeline {was}{timeline}; pgbackrest check passed")
         for m in members:
             self.say(f"  {m['Member']}: {m.get('Role')} {m.get('State')} timeline {m.get('TL')}")
         self.say("The old data directories stay aside until `pgbackup recover -s "
