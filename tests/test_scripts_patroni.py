@@ -54,7 +54,8 @@ printf 'runuser %s\n' "$*" >>"$FAKE/calls"
 case " $* " in
   *" psql "*) echo on ;;
   *" --output=json info "*) cat "$FAKE/info.json" ;;
-  *" repo-ls "*) cat "$FAKE/repo-ls.json" ;;
+  *" repo-ls archive "*) cat "$FAKE/repo-ls-archive.json" ;;
+  *" repo-ls backup "*) cat "$FAKE/repo-ls-backup.json" ;;
 esac
 """,
     "sleep": """#!/bin/bash
@@ -63,14 +64,15 @@ printf 'sleep %s\\n' "$*" >>"$FAKE/calls"
 }
 INFO = [{"name": "main", "status": {"code": 0, "message": "ok"},
          "backup": [{"label": "20261122-020000F", "type": "full", "database": {"id": 1, "repo-key": 1}}]}]
-# `pgbackrest repo-ls --recurse --output=json` of repo1 (as 2.45 prints it): its archive/ and backup/ count, the
-# monthly archives nested under it (repo2's own) do not.
-REPO_LS = {".": {"type": "path"}, "archive": {"type": "path"},
-           "archive/main/17-1/0000000100000000/000000010000000000000001-ab.zst": {"type": "file", "size": 1000,
-                                                                                  "time": 1795678139},
-           "backup/main/backup.info": {"type": "file", "size": 20, "time": 1795678139},
-           "backup/main/20261122-020000F": {"type": "link", "destination": "x"},
-           "monthly/backup/main/backup.info": {"type": "file", "size": 300, "time": 1795678139}}
+# `pgbackrest repo-ls --recurse --output=json <path>` of repo1's archive and backup (as 2.45 prints them): the files
+# count, paths and links do not.
+REPO_LS = {  # by the path listed
+    "archive": {".": {"type": "path"}, "main": {"type": "path"},
+                "main/17-1/0000000100000000/000000010000000000000001-ab.zst": {"type": "file", "size": 1000,
+                                                                               "time": 1795678139}},
+    "backup": {".": {"type": "path"}, "main/backup.info": {"type": "file", "size": 20, "time": 1795678139},
+               "main/20261122-020000F": {"type": "link", "destination": "x"}},
+}
 
 
 def member_list(version: str, roles: dict[str, str], pending: tuple[str, ...] = ()) -> str:
@@ -145,7 +147,8 @@ def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence
             (fake / "list" / f"{i}.json").write_text(response + "\n")
     (fake / "list" / "last").write_text(str(len(responses)))
     (fake / "info.json").write_text(json.dumps(INFO))
-    (fake / "repo-ls.json").write_text(json.dumps(REPO_LS))
+    for path, listing in REPO_LS.items():
+        (fake / f"repo-ls-{path}.json").write_text(json.dumps(listing))
     (fake / "calls").touch()
     env = {"PATH": os.pathsep.join([str(fake / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]),
            "FAKE": str(fake), "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
@@ -215,7 +218,8 @@ def test_the_leader_verifies(run: Run, tmp_path: Path, version: str) -> None:
     assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO, "repo_bytes": {"1": 1020}}
     assert [c.split(" pgbackrest ")[1] for c in pgbackrest_calls(result)] == [
         "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info",
-        "--stanza=main --repo=1 --output=json --recurse repo-ls"]
+        "--stanza=main --repo=1 --output=json --recurse repo-ls archive",
+        "--stanza=main --repo=1 --output=json --recurse repo-ls backup"]
 
 
 def test_a_leader_that_appears_during_the_wait_is_found(run: Run, tmp_path: Path) -> None:
