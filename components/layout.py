@@ -27,6 +27,11 @@ class Paths:
     consul_service: str = "/etc/consul.d/pgbackrest.json"  # in consul_dir
     unit_dir: str = "/etc/systemd/system"
     metrics_dir: str = "/usr/local/lib/pgbackup"
+    # The restore drill (components/drill.py): its script, and what it writes as postgres.
+    drill_script: str = "/usr/local/lib/pgbackup/pgbackup-drill"  # in metrics_dir
+    drill_state: str = "/var/lib/pgbackrest/pgbackup-drill.json"  # in home
+    drill_lock: str = "/var/lib/pgbackrest/pgbackup-drill.lock"  # in home
+    drill_metrics: str = "/var/lib/prometheus/node-exporter/pgbackup-drill.prom"  # beside metrics_file
     # Root's own: the files step's list of what it installed, staged manifests and pending follow-up actions.
     state_dir: str = "/var/lib/pgbackup"
 
