@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import NodeConfig, Settings
+from components.drill import drill_files, drill_timers, retired_drill_units
 from components.context import (
     ArchivingContext,
     ConfigContext,
@@ -142,14 +143,15 @@ def scheduled_backups(settings: Settings) -> dict[str, Backup]:
 
 def timers(settings: Settings) -> list[str]:
     """The timers the schedule step enables."""
-    return [f"{b.unit}.timer" for b in scheduled_backups(settings).values()] + [METRICS_TIMER]
+    return [f"{b.unit}.timer" for b in scheduled_backups(settings).values()] + [METRICS_TIMER, *drill_timers(settings)]
 
 
 def retired_units(settings: Settings) -> list[str]:
     """Units of backups this configuration no longer schedules (the monthly archive once retention.monthly
     is 0): the schedule step disables and removes them. Their backups stay in the repository."""
     scheduled = scheduled_backups(settings).values()
-    return [f"{b.unit}.{suffix}" for b in BACKUPS.values() if b not in scheduled for suffix in ("timer", "service")]
+    return [f"{b.unit}.{suffix}" for b in BACKUPS.values() if b not in scheduled
+            for suffix in ("timer", "service")] + retired_drill_units(settings)
 
 
 def archive_command(stanza: str) -> str:
@@ -200,6 +202,8 @@ def unit_files(settings: Settings, ctx: NodeContext) -> list[PlannedFile]:
                                  actions=(CONSUL_RELOAD,)))
     files.append(PlannedFile(PATHS.tmpfiles, "0644", "root", "root", render("systemd/pgbackup.tmpfiles.j2", ctx),
                              actions=(TMPFILES,)))
+    files += [PlannedFile(path, "0644", "root", "root", content, actions=unit) if path.startswith(PATHS.unit_dir)
+              else PlannedFile(path, "0755", "root", "root", content) for path, content in drill_files(settings, ctx)]
     if settings.pgbackrest.backup_standby:
         files.append(PlannedFile(f"{PATHS.unit_dir}/{TLS_SERVER_UNIT}", "0644", "root", "root",
                                  render("systemd/pgbackup-tls-server.service.j2", ctx),

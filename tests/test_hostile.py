@@ -24,6 +24,7 @@ from components.context import (
     primary_url,
 )
 from components.context import node_context as template_context
+from components.drill import drill_files
 from components.layout import FULL, METRICS_CALENDAR, PATHS
 from components.monitoring import alert_rules, check_script
 from components.plan import dynamic_config
@@ -134,6 +135,10 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
     secrets = RepositorySecretValues(access_key_id="AKIA", secret_access_key="secret", cipher_pass="pass")
     backup_ctx = extend(UnitContext, ctx, backup=FULL, calendar=settings.schedule.full,
                         randomized_delay_sec=settings.schedule.randomized_delay_sec)
+
+    def drill_file(suffix: str) -> Callable[[], str]:
+        return lambda: next(content for path, content in drill_files(settings, ctx) if path.endswith(suffix))
+
     return {
         "systemd/pgbackup-backup.service.j2": lambda: render("systemd/pgbackup-backup.service.j2", backup_ctx),
         "systemd/pgbackup-backup.timer.j2": lambda: render("systemd/pgbackup-backup.timer.j2", backup_ctx),
@@ -148,6 +153,9 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
         "monitoring/pgbackrest.rules.yml.j2": lambda: alert_rules(settings),
         "monitoring/pgbackup-metrics.py.j2": lambda: render("monitoring/pgbackup-metrics.py.j2", ctx),
         "monitoring/pgbackup-check.py.j2": lambda: check_script(settings, ctx),
+        "drill/pgbackup-drill.py.j2": drill_file("/pgbackup-drill"),
+        "systemd/pgbackup-drill.service.j2": drill_file("/pgbackup-drill.service"),
+        "systemd/pgbackup-drill.timer.j2": drill_file("/pgbackup-drill.timer"),
     }
 
 
