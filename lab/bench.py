@@ -8,6 +8,8 @@
    RPO = the time of the cut minus the newest row the archive holds.
 3. Restore throughput: a pgbench database of at least 1 GB, a full backup, then a restore of it into a
    scratch directory on a replica: MB/s of database restored (and of the backup, for comparison).
+   Then the same database restored and started to a ready copy by hand (restore, start, end of recovery) and
+   by the restore drill (pgbackup-drill.service on the replica it chooses): the drill's RTO beside it.
 4. RTO of the README's point-in-time recovery of the whole cluster (`pgbackup recover`) on
    that database: from stopping Patroni to three healthy members on the new timeline, step by step.
 
@@ -17,6 +19,7 @@ Usage: .venv/bin/python -m lab.bench [--scale 70]
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import time
 
@@ -71,6 +74,21 @@ def restore_throughput(lab: Lab, scale: int) -> tuple[float, float, float, float
     return size_mb, backup_s, restore_s, size_mb / restore_s
 
 
+def drill_beside_plain_restore(lab: Lab) -> tuple[float, float, float]:
+    """Seconds to restore the newest backup, start it, wait for the end of recovery, query, stop and delete
+    it: by hand (the README's drill steps, lab.control), then by pgbackup-drill.service (the sum of its
+    phases); and the drill's RTO (restore plus replay to a ready copy)."""
+    node = sorted(m["Member"] for m in lab.members() if m.get("Role") != "Leader")[0]
+    started = time.monotonic()
+    lab.restored_copy_says(node, "--type=default", "SELECT 1")
+    plain_s = time.monotonic() - started
+    lab.ssh(node, "systemctl start pgbackup-drill.service", timeout=3600)
+    state = json.loads(lab.ssh(node, "cat /var/lib/pgbackrest/pgbackup-drill.json").stdout)
+    if not state["ok"]:
+        raise RuntimeError(f"the drill failed on {node}: {state['reason']}")
+    return plain_s, sum(state["phases"].values()), float(state["rtoSeconds"])
+
+
 def cluster_pitr(lab: Lab) -> dict[str, float]:
     """The README's cluster recovery to a point between two batches of rows: the later must be gone everywhere."""
     target = lab.rows_around_a_target(lab.leader(), "bench_pitr")
@@ -104,6 +122,10 @@ def main() -> None:
         print(f"{'full backup (from a standby, zst level 3, process-max 2)':<64} {backup_s:.1f} s "
               f"({size_mb / backup_s:.1f} MB/s)")
         print(f"{'restore into a scratch directory':<64} {restore_s:.1f} s ({rate:.1f} MB/s)", flush=True)
+        plain_s, drill_s, rto_s = drill_beside_plain_restore(lab)
+        print(f"{'restore, start, end of recovery, query, stop, delete: by hand':<64} {plain_s:.1f} s")
+        print(f"{'the same by the restore drill (pgbackup-drill.service)':<64} {drill_s:.1f} s "
+              f"({drill_s / plain_s:.2f}x; its RTO, restore + replay: {rto_s:.1f} s)", flush=True)
         took = cluster_pitr(lab)
         print(f"{'RTO: point-in-time recovery of the whole cluster (README)':<64} {sum(took.values()):.1f} s")
         for name, seconds in took.items():
