@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import NodeConfig, Settings
-from components.drill import drill_files, drill_timers, retired_drill_units
 from components.context import (
     ArchivingContext,
     ConfigContext,
@@ -28,6 +27,7 @@ from components.context import (
     extend,
     node_context,
 )
+from components.drill import drill_files, drill_timers, retired_drill_units
 from components.layout import (
     ARCHIVE_WORKERS,
     BACKUPS,

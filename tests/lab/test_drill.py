@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from components.cluster import repo_of
+from components.report import repo_of
 from lab.control import STANZA, Lab
 
 pytestmark = pytest.mark.lab
