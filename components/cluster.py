@@ -85,13 +85,20 @@ class BackupCluster(pulumi.ComponentResource):
             pulumi.Output.all(*[n.config_digest for n in nodes.values()]).apply(lambda d: sha256(*d))
         )
 
+        # pgBackRest requires the same version on every host it talks to: one version, or the apply fails at
+        # the first barrier, before any cluster-wide step (stanza, archiving, check) runs against mixed versions.
+        names = [node.name for node in cluster.nodes]
+        self.pgbackrest_version = pulumi.Output.all(*[n.install.stdout for n in nodes.values()]).apply(
+            lambda outs: agreed_version(names, outs))
+
         # The stages of plan.STAGES, each of them on every node, with plan.BARRIERS between them.
         done: dict[str, list[remote.Command]] = {
             step: [n.steps[step] for n in nodes.values()] for step in NODE_STEPS}
         barriers: dict[str, pulumi.Resource] = {}
         for spec in BARRIERS:
             barriers[spec.name] = barrier(f"{name}-{spec.name}", after=[r for step in spec.after for r in done[step]],
-                                          parent=self)
+                                          parent=self,
+                                          requires=[self.pgbackrest_version] if spec is BARRIERS[0] else ())
             for stage in (stage for stage in STAGES if stage.after == spec.name):
                 done[stage.step] = [
                     remote_step(
@@ -108,10 +115,6 @@ class BackupCluster(pulumi.ComponentResource):
                 ]
         verify_steps = done["verify"]
 
-        # pgBackRest requires the same version on every host it talks to: one version, or the apply fails.
-        names = [node.name for node in cluster.nodes]
-        self.pgbackrest_version = pulumi.Output.all(*[n.install.stdout for n in nodes.values()]).apply(
-            lambda outs: agreed_version(names, outs))
         reports = pulumi.Output.all(*[s.stdout for s in verify_steps]).apply(
             lambda outs: [report.parse(out) for out in outs]
         )

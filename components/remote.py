@@ -112,11 +112,14 @@ def remote_step(
     )
 
 
-def barrier(name: str, *, after: Sequence[pulumi.Resource], parent: pulumi.Resource) -> local.Command:
-    """A point the next stage waits for: a local command that runs nothing, depending on `after`.
+def barrier(name: str, *, after: Sequence[pulumi.Resource], parent: pulumi.Resource,
+            requires: Sequence[pulumi.Input[str]] = ()) -> local.Command:
+    """A point the next stage waits for: a local command that runs nothing, depending on `after`, and on the
+    values in `requires` (its triggers): a value that fails (raises) stops every stage behind the barrier.
 
     With it, each of N steps of a stage depends on one resource instead of on the N steps of the stage
     before. The SDK checks every declared dependency for cycles by walking the graph, so N x N edges made
     a 100-node program take minutes to evaluate; N + N edges keep it linear.
     """
-    return local.Command(name, opts=pulumi.ResourceOptions(parent=parent, depends_on=list(after)))
+    return local.Command(name, triggers=list(requires) or None,
+                         opts=pulumi.ResourceOptions(parent=parent, depends_on=list(after)))

@@ -275,9 +275,13 @@ def test_nodes_with_different_pgbackrest_versions_fail_the_apply_naming_them() -
             return "installed: pgbackrest\npgbackrest 2.55.1-1\n"
         return healthy_stdout(args)
 
+    run = Run()
     with pytest.raises(Exception, match=r"pg1 runs 2\.45-1, pg2 runs 2\.55\.1-1, pg3 runs 2\.45-1: set "
                                         r"pgbackup:pgbackrest\.version"):
-        run_program(stack_config(), command_stdout=stdout)
+        run_program(stack_config(), command_stdout=stdout, run=run)
+    # The apply stops there: every node's own steps ran, no cluster-wide step (stanza, archiving, check) did.
+    declared = {c.name.split("-", 2)[2] for c in run.commands}
+    assert declared == {"install", "files", "patroni"}, declared
 
 
 # ---- Key rotation (issue 11, item 3) ---------------------------------------------------------------------
