@@ -220,6 +220,15 @@ class Lab:
         steps: dict[str, float] = state["summary"]["stepSeconds"]
         return {f"{i} {name}": steps[name] for i, (name, _) in enumerate(STEPS, 1)}
 
+    # -- packages
+    def install_deb(self, node: str, deb: Path) -> str:
+        """dpkg -i a package file on `node` (a downgrade too), keeping its configuration files; returns what
+        `pgbackrest version` prints there afterwards, as postgres."""
+        inside = f"/var/tmp/{deb.name}"  # noqa: S108 -- inside a lab node
+        (LAB_DIR / "nodes" / node / "root" / inside.lstrip("/")).write_bytes(deb.read_bytes())
+        self.ssh(node, f"DEBIAN_FRONTEND=noninteractive dpkg --force-confold -i {inside} && rm {inside}")
+        return self.ssh(node, "cd /tmp && runuser -u postgres -- pgbackrest version").stdout.strip()
+
     # -- faults
     def kill_node(self, node: str) -> None:
         """Power loss: every process of the node dies at once (its cgroup is killed)."""
@@ -266,6 +275,20 @@ class Lab:
     def restart_lab(self) -> None:
         """lab/up.sh boots what is not running (nodes, S3, etcd) and leaves the rest alone."""
         sh(str(ROOT / "lab" / "up.sh"), timeout=900)
+
+
+def host_pgbackrest_deb() -> tuple[Path, str]:
+    """The pgBackRest package the host's apt offers (Debian 12's 2.45-1 on a Debian 12 host), downloaded once
+    into the lab's cache: a real build of another pgBackRest than a Debian 13 lab runs. Returns the file and
+    its version."""
+    debs = LAB_DIR / "cache" / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob("pgbackrest_*.deb"))
+    if not found:
+        sh("apt-get", "download", "-q", "pgbackrest", cwd=debs, timeout=300)
+        found = sorted(debs.glob("pgbackrest_*.deb"))
+    assert len(found) == 1, found
+    return found[0], sh("dpkg-deb", "-f", str(found[0]), "Version").stdout.strip()
 
 
 def start_lab(fresh: bool = True) -> Lab:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from components.cluster import VersionMismatch
 from lab.mockrun import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -507,7 +508,7 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
         outputs, secret = evaluate(
             ROOT / "__main__.py", engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1],
             config=values, secret_keys=["pgbackup:sshPrivateKey", *(f"pgbackup:{k}" for k in extra_secrets or {})],
-            expected_failures=(StepFailed, NotStarted))
+            expected_failures=(StepFailed, NotStarted, VersionMismatch))
     except Exception:
         # As `pulumi up` ends: the steps already running finish; the first failure is what is reported.
         engine.wait_idle()

@@ -18,9 +18,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from components.cluster import VersionMismatch
 from components.report import repo_of
 from lab import driver
-from lab.control import FACTS, LAB_DIR, PG_DATA, SCOPE, STANZA, AuthenticatedS3, Lab, sh
+from lab.control import FACTS, LAB_DIR, PG_DATA, SCOPE, STANZA, AuthenticatedS3, Lab, host_pgbackrest_deb, sh
 
 pytestmark = pytest.mark.lab
 
@@ -712,4 +713,50 @@ def test_one_standby_stopped_the_scheduled_backup_and_the_check_succeed(lab: Lab
     finally:
         sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "resume", "--wait")
     lab.wait_healthy()
+    assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
+
+
+@pytest.mark.releases("trixie")
+def test_a_node_with_another_pgbackrest_version_fails_the_apply_naming_it(lab: Lab) -> None:
+    """Every node must run the same pgBackRest. One replica gets Debian 12's pgBackRest 2.45 (the real
+    package, which installs on Debian 13: libssl3t64 provides libssl3); when the install steps run again (as
+    after `pulumi up --replace` of them, or on a new state: Pulumi runs a step only when its inputs change),
+    the apply fails naming every node and its version, before any cluster-wide step. The pin the message
+    asks for installs the pinned version on that node, and the apply succeeds. Debian 13 only: a Debian 12
+    node cannot install Debian 13's pgBackRest 2.55.1-1 (it depends on libssl3t64, libssh2-1t64 and libzstd1
+    1.5.5, which Debian 12 does not have)."""
+    deb, other = host_pgbackrest_deb()
+    lab_version = lab.first_apply["outputs"]["pgbackrestVersion"]
+    assert not other.startswith(FACTS["pgbackrest"]), f"the host's apt offers {other}, the lab's own pgBackRest"
+    node = lab.replicas()[-1]
+    assert lab.install_deb(node, deb) == f"pgBackRest {other.split('-')[0]}"
+    for peer in lab.nodes:
+        if peer != node:
+            assert lab.ssh(peer, "cd /tmp && runuser -u postgres -- pgbackrest version").stdout.strip() == (
+                f"pgBackRest {lab_version.split('-')[0]}")
+    state = lab.driver_state()
+    for peer in lab.nodes:
+        state[f"cluster-{peer}-install"]["inputs"] = "forget"
+    (LAB_DIR / "driver-state.json").write_text(json.dumps(state))
+    log = LAB_DIR / "driver-runs.jsonl"
+    already = len(log.read_text().splitlines())
+    with pytest.raises(VersionMismatch) as failure:
+        lab.apply()
+    message = str(failure.value)
+    print(f"\n{message}")
+    assert message == ("pgBackRest must be the same version on every node, but "
+                       + ", ".join(f"{n} runs {other if n == node else lab_version}" for n in lab.nodes)
+                       + ": set pgbackup:pgbackrest.version to pin one")
+    ran = [json.loads(line)["resource"] for line in log.read_text().splitlines()[already:]]
+    assert sorted(ran) == [f"cluster-{n}-install" for n in lab.nodes], ran
+    # The remedy the message names: the pin installs the release's version on that node again.
+    pinned = {**lab.stack(), "pgbackup:pgbackrest": {**lab.stack()["pgbackup:pgbackrest"],
+                                                       "version": f"{FACTS['pgbackrest']}*"}}
+    result = lab.apply(stack=pinned)
+    assert result["outputs"]["pgbackrestVersion"] == lab_version
+    assert result["outputs"]["stanzaStatus"]["code"] == 0
+    assert f"installed: pgbackrest={FACTS['pgbackrest']}*" in lab.driver_state()[f"cluster-{node}-install"][
+        "outputs"]["stdout"]
+    assert lab.ssh(node, "cd /tmp && runuser -u postgres -- pgbackrest version").stdout.strip() == (
+        f"pgBackRest {lab_version.split('-')[0]}")
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
