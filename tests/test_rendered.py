@@ -326,3 +326,17 @@ def test_pgbackrest_features_follow_the_version_pin(pin: str | None, prefer_and_
         for repo in (1, 2):
             assert options.get(f"repo{repo}-block") == ("y" if prefer_and_block else None)
             assert options.get(f"repo{repo}-bundle") == ("y" if prefer_and_block else None)
+
+
+def test_the_design_stack_runs_with_pgbackrest_2_55_features() -> None:
+    """Pulumi.prod.yaml (Debian 13's pgBackRest 2.55) pins 2.55*: its nodes get backup-standby=prefer and
+    block incremental, and the install step asks apt for that version."""
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "Pulumi.prod.yaml").read_text())["config"]
+    stack = {key.removeprefix("pgbackup:"): value for key, value in config.items()}
+    stack["cluster"]["nodes"] = [node_config(n["name"], n["host"]) for n in stack["cluster"]["nodes"]]
+    assert stack["pgbackrest"]["version"] == "2.55*"
+    run = run_program(stack)
+    for node in node_names(run):
+        options = {k: v for _, k, v in option_lines(node_files(run, node)["/etc/pgbackrest/pgbackrest.conf"]["content"])}
+        assert (options["backup-standby"], options["repo1-block"], options["repo2-block"]) == ("prefer", "y", "y")
+        assert "readonly VERSION_PIN='2.55*'" in script_of(run.named(f"cluster-{node}-install"))
