@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Run, depth, node_config, run_program, stack_config
+from pgbackup_testkit.harness import Run, depth, node_config, run_program, stack_config
 
 
 def main() -> None:

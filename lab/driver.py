@@ -46,10 +46,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components.cluster import VersionMismatch
-from lab.mockrun import evaluate
+from pgbackup_testkit.engine import s3_shape, unwrap
+from pgbackup_testkit.mockrun import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 -- the engine's secret marker, not a secret
 COMMAND_TIMEOUT = 1800
 
 
@@ -60,16 +60,6 @@ class StepFailed(RuntimeError):
 class NotStarted(RuntimeError):
     """A step that was due after another step had failed: like Pulumi's engine, the driver starts nothing
     new once a step has failed, and reports the first failure."""
-
-
-def unwrap(value: Any) -> Any:
-    if isinstance(value, dict):
-        if SECRET_SIG in value and "value" in value:
-            return unwrap(value["value"])
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 def digest(value: Any) -> str:
@@ -216,18 +206,6 @@ def make_tls(typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"cert_pem": _cert(csr.subject, ca.subject, csr.public_key(), ca_key,
                                   int(inputs["validityPeriodHours"]), inputs["allowedUses"], False, sans)}
     raise NotImplementedError(typ)
-
-
-def s3_shape(value: Any) -> Any:
-    """pulumi-aws inputs (camelCase) in the S3 API's shape (PascalCase, `id` as `ID`, whole numbers as int: the
-    engine passes every number as a float)."""
-    if isinstance(value, dict):
-        return {("ID" if k == "id" else k[:1].upper() + k[1:]): s3_shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [s3_shape(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- engine

@@ -20,7 +20,7 @@ from moto.core.authorization import ActionAuthenticatorMixin
 
 from components.config import ConfigError, parse_settings
 from components.storage import repository_policy
-from lab.driver import s3_shape
+from pgbackup_testkit.engine import s3_shape
 from tests.harness import run_program, stack_config
 
 BUCKET, PREFIX = "pg-backups", "repo"

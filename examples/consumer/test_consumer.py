@@ -9,8 +9,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from lab.mockrun import evaluate
-from tests.harness import SENTINELS, run_program, stack_config
+from pgbackup_testkit.harness import SENTINELS, run_program, stack_config
+from pgbackup_testkit.mockrun import evaluate
 
 CONSUMER = Path(__file__).resolve().parent / "__main__.py"
 
