@@ -50,6 +50,17 @@ RELEASE, PG_BIN, PG_DATA, SCOPE = FACTS["release"], FACTS["pg_bin"], FACTS["pg_d
 STANZA: str = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]["pgbackup:cluster"]["stanza"]
 
 
+def stack_file(stack: dict[str, Any] | None) -> Path:
+    """Pulumi.lab.yaml, or a file of the same stack name ("lab") with `stack` as its configuration: as
+    `pulumi config set` then `pulumi up -s lab`."""
+    if stack is None:
+        return ROOT / "Pulumi.lab.yaml"
+    (LAB_DIR / "changed").mkdir(exist_ok=True)
+    path = LAB_DIR / "changed" / "Pulumi.lab.yaml"
+    path.write_text(yaml.safe_dump({"config": stack}))
+    return path
+
+
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     if check and result.returncode != 0:
@@ -136,13 +147,7 @@ class Lab:
               env: dict[str, str] | None = None) -> dict[str, Any]:
         """The driver's `pulumi up` with Pulumi.lab.yaml, or with `stack` (the config mapping) instead; `env`
         adds to the environment of `pulumi up` (the storage admin's credentials)."""
-        stack_file = ROOT / "Pulumi.lab.yaml"
-        if stack is not None:
-            # Same stack name ("lab"), other configuration: as `pulumi config set` then `pulumi up -s lab`.
-            (LAB_DIR / "changed").mkdir(exist_ok=True)
-            stack_file = LAB_DIR / "changed" / "Pulumi.lab.yaml"
-            stack_file.write_text(yaml.safe_dump({"config": stack}))
-        return driver.apply(LAB_DIR, {**self.env, **(env or {})}, stack_file, extra_secrets=secrets)
+        return driver.apply(LAB_DIR, {**self.env, **(env or {})}, stack_file(stack), extra_secrets=secrets)
 
     def stack(self) -> dict[str, Any]:
         config: dict[str, Any] = yaml.safe_load((ROOT / "Pulumi.lab.yaml").read_text())["config"]
@@ -291,15 +296,16 @@ def host_pgbackrest_deb() -> tuple[Path, str]:
     return found[0], sh("dpkg-deb", "-f", str(found[0]), "Version").stdout.strip()
 
 
-def start_lab(fresh: bool = True) -> Lab:
-    """lab/up.sh (after lab/down.sh when `fresh`), then the program applied by the driver, timed."""
+def start_lab(fresh: bool = True, stack: dict[str, Any] | None = None) -> Lab:
+    """lab/up.sh (after lab/down.sh when `fresh`), then the program applied by the driver, timed: with
+    Pulumi.lab.yaml, or with `stack` (its config mapping) instead."""
     if fresh:
         sh(str(ROOT / "lab" / "down.sh"), timeout=300)
     sh(str(ROOT / "lab" / "up.sh"), timeout=1800)
     env: dict[str, str] = json.loads((LAB_DIR / "env.json").read_text())
     assert (env["LAB_RELEASE"], env["LAB_PG_DATA"]) == (RELEASE, PG_DATA), f"the lab runs {env['LAB_RELEASE']}"
     started = time.monotonic()
-    first = driver.apply(LAB_DIR, env, ROOT / "Pulumi.lab.yaml")
+    first = driver.apply(LAB_DIR, env, stack_file(stack))
     return Lab(env=env, first_apply=first, first_apply_seconds=time.monotonic() - started)
 
 
