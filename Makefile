@@ -62,5 +62,5 @@ lab-down: ## stop the lab (keeps the cached node image)
 bench: setup ## evaluation time, steps per node and dependency depth for 3, 20 and 100 nodes
 	$(PY) benchmarks/steps.py
 
-lab-bench: setup-lab ## deploy time, RPO after a power cut, restore throughput of a 1 GB database (lab)
+lab-bench: setup-lab ## both lab releases side by side: deploy, RPO, full and incremental backup, restore, PITR RTO
 	$(PY) -m lab.bench
