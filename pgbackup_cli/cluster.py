@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from components.layout import PATHS
+from components.layout import NAMES, PATHS
 from pgbackup_cli.remote import Node, RemoteError, warn
 from pgbackup_cli.repository import newest_wal_time, wal_listing_path
 from pgbackup_cli.stack import Stack
@@ -77,7 +77,7 @@ class Cluster:
 
     def pgbackrest_command(self, args: str, locked: bool = False) -> str:
         """pgBackRest on the stanza; `locked`: after pgbackup's backups, which all wait for one lock."""
-        lock = f"flock --wait 21600 {self.q(PATHS.backup_lock)} " if locked else ""
+        lock = f"flock --wait {NAMES.backup_lock_wait} {self.q(PATHS.backup_lock)} " if locked else ""
         return f"{lock}pgbackrest --stanza={self.q(self.stack.cluster.stanza)} {args}"
 
     def pgbackrest(self, args: str, locked: bool = False) -> str:

@@ -14,7 +14,7 @@ from pgbackup_cli.repository import newest_backups
 
 # The state files of the verification and drill services (written by them as postgres, atomically).
 VERIFY_STATE = f"{PATHS.home}/pgbackup-verify.json"
-DRILL_STATE = f"{PATHS.home}/pgbackup-drill.json"
+DRILL_STATE = PATHS.drill_state
 
 # Run on each node with python3 (Patroni's): pgBackRest's version, Patroni's service, the state files.
 NODE_REPORT = """
@@ -30,7 +30,7 @@ def read(path):
 def run(*args):
     done = subprocess.run(args, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else None
-version = run("pgbackrest", "version")
+version = run("runuser", "-u", "postgres", "--", "pgbackrest", "version")
 print(json.dumps({"pgbackrest": version.split()[-1] if version else None,
                   "patroniService": (subprocess.run(["systemctl", "is-active", "patroni"], capture_output=True,
                                                     text=True).stdout.strip()),

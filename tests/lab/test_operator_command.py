@@ -45,7 +45,7 @@ def test_status_of_a_healthy_cluster_matches_the_nodes(lab: Lab) -> None:
         member = members[node["name"]]
         assert node["role"] == ("leader" if member["Role"] == "Leader" else "replica"), node
         assert node["timeline"] == member["TL"], node
-        version = lab.ssh(node["name"], "pgbackrest version").stdout.split()[-1]
+        version = lab.ssh(node["name"], "runuser -u postgres -- pgbackrest version").stdout.split()[-1]
         assert node["pgbackrest"] == version, node
     info = lab.info()
     assert doc["cluster"]["leader"] == lab.leader()
