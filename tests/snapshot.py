@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness import (
+from pgbackup_testkit.harness import (
     ROOT,
     SENTINELS,
     Resource,
