@@ -61,6 +61,34 @@ def test_status_of_a_healthy_cluster_matches_the_nodes(lab: Lab) -> None:
     assert lab.leader() in human
 
 
+@pytest.mark.parametrize(("pg_type", "unit"), [("incr", "pgbackup-backup-incr.service"),
+                                                ("diff", "pgbackup-backup-ondemand-")])
+def test_a_backup_on_demand_runs_on_the_leader_and_says_what_it_made(lab: Lab, pg_type: str, unit: str) -> None:
+    """`pgbackup backup`: the scheduled unit when the program installs one for that type (incr), else a
+    transient unit with the same command (diff); the new backup is in the repository, as the command says."""
+    before = {b["label"] for b in lab.info()["backup"]}
+    result = lab.pgbackup("backup", "--type", pg_type, timeout=900)
+    made = [b for b in lab.info()["backup"] if b["label"] not in before]
+    assert [(b["type"], repo_of(b)) for b in made] == [(pg_type, 1)], made
+    assert f"{lab.leader()} (leader)" in result.stdout
+    assert unit in result.stdout
+    assert f"backup {made[0]['label']} ({pg_type}, repo1)" in result.stdout
+
+
+def test_a_drill_on_demand_prints_its_rto_and_the_node_records_it(lab: Lab) -> None:
+    started = datetime.now(UTC)
+    result = lab.pgbackup("drill", timeout=1800)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("drill on "))
+    node = line.removeprefix("drill on ").split(" ", 1)[0]
+    assert node in lab.replicas(), line
+    assert "from repo1: ok; RTO " in line, line
+    state = json.loads(lab.ssh(node, "cat /var/lib/pgbackrest/pgbackup-drill.json").stdout)
+    assert state["ok"] is True
+    assert state["node"] == node
+    assert datetime.fromisoformat(state["time"].replace("Z", "+00:00")) >= started - timedelta(seconds=2)
+    assert f"RTO {state['rtoSeconds']:.1f} s" in line
+
+
 def test_status_of_a_degraded_cluster_matches_the_nodes(lab: Lab) -> None:
     stopped = lab.replicas()[0]
     lab.ssh(stopped, "systemctl stop patroni")
