@@ -99,3 +99,39 @@ def validate_calendar(expression: str) -> None:
         _time(tokens[0])
     else:
         _date(tokens[0])
+
+
+_DAY = 86400
+# The shorthands' longest gap between two runs, in days (systemd.time(7): weekly is Mon 00:00, monthly the 1st,
+# quarterly and semiannually the 1st of their months).
+_SHORTHAND_GAP_DAYS = {"minutely": 1, "hourly": 1, "daily": 1, "weekly": 7, "monthly": 31, "quarterly": 92,
+                       "semiannually": 184, "yearly": 366, "annually": 366}
+
+
+def longest_gap_days(expression: str) -> int:
+    """An upper bound, in whole days, on the time between two consecutive runs of a valid calendar expression.
+
+    From what the expression restricts, not from its values: a year or month restricted, up to a year (366); a
+    day of the month restricted, up to a month (31), or 35 with a weekday as well (the second Sunday of two
+    months can be five weeks apart); only weekdays restricted, a week (7); neither, a day (1). The bound is
+    never short of systemd's real gap (tests/test_calendar.py holds it against `systemd-analyze calendar`); it
+    may be longer for an unusual expression (every other day counts as a month), which delays an alert on
+    missed runs but never raises a false one."""
+    text = expression.strip()
+    if text.lower() in _SHORTHAND_GAP_DAYS:
+        return _SHORTHAND_GAP_DAYS[text.lower()]
+    tokens = [t for t in text.split() if t.upper() != "UTC"]
+    weekday = bool(tokens) and tokens[0][0].isalpha()
+    if weekday:
+        tokens.pop(0)
+    date = next((t for t in tokens if ":" not in t), None)
+    if date is not None:
+        parts = re.split(r"-|~", date)
+        if len(parts) == 2:
+            parts = ["*", *parts]
+        year, month, day = parts
+        if year != "*" or month != "*":
+            return 366
+        if day != "*":
+            return 35 if weekday else 31
+    return 7 if weekday else 1
