@@ -23,6 +23,11 @@ class Paths:
     metrics_script: str = "/usr/local/lib/pgbackup/pgbackup-metrics"  # in metrics_dir
     metrics_file: str = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
     check_script: str = "/usr/local/lib/pgbackup/pgbackup-check"  # in metrics_dir
+    verify_script: str = "/usr/local/lib/pgbackup/pgbackup-verify"  # in metrics_dir
+    # Written by the verification service as postgres (untrusted: read defensively), and its metrics (root).
+    verify_state: str = "/var/lib/pgbackrest/pgbackup-verify.json"
+    verify_metrics: str = "/var/lib/prometheus/node-exporter/pgbackup-verify.prom"
+    drill_state: str = "/var/lib/pgbackrest/pgbackup-drill.json"
     consul_dir: str = "/etc/consul.d"
     consul_service: str = "/etc/consul.d/pgbackrest.json"  # in consul_dir
     unit_dir: str = "/etc/systemd/system"
@@ -104,6 +109,10 @@ class Names:
     metrics_unit: str = "pgbackup-metrics.service"
     metrics_timer: str = "pgbackup-metrics.timer"
     metrics_calendar: str = "*:0/5"
+    verify_unit: str = "pgbackup-verify.service"
+    verify_timer: str = "pgbackup-verify.timer"
+    state_max_bytes: int = 65536
+    """The verification's and the drill's state files are read up to this size (they hold a few kilobytes)."""
     backup_lock_wait: int = 6 * 3600
     """Seconds a backup waits for another one (the backup lock, PATHS.backup_lock) before it fails."""
 
@@ -113,6 +122,8 @@ TLS_SERVER_UNIT = NAMES.tls_server_unit
 METRICS_UNIT = NAMES.metrics_unit
 METRICS_TIMER = NAMES.metrics_timer
 METRICS_CALENDAR = NAMES.metrics_calendar
+VERIFY_UNIT = NAMES.verify_unit
+VERIFY_TIMER = NAMES.verify_timer
 
 
 @dataclass(frozen=True)

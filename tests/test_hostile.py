@@ -9,6 +9,7 @@ import copy
 import re
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from components.drill import drill_files
 from components.layout import FULL, METRICS_CALENDAR, PATHS
 from components.monitoring import alert_rules, check_script
 from components.plan import dynamic_config
+from components.proofs import verify_context
 from components.render import TEMPLATES, RenderError, render
 from components.text import unsafe_character
 from tests.harness import node_config, node_files, run_program, stack_config
@@ -156,6 +158,9 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
         "drill/pgbackup-drill.py.j2": drill_file("/pgbackup-drill"),
         "systemd/pgbackup-drill.service.j2": drill_file("/pgbackup-drill.service"),
         "systemd/pgbackup-drill.timer.j2": drill_file("/pgbackup-drill.timer"),
+        **{template: partial(render, template, verify_context(settings, ctx)) for template in (
+            "systemd/pgbackup-verify.service.j2", "systemd/pgbackup-verify.timer.j2",
+            "monitoring/pgbackup-verify.py.j2")},
     }
 
 
