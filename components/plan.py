@@ -41,10 +41,13 @@ from components.layout import (
     TLS_RESTART,
     TLS_SERVER_UNIT,
     TMPFILES,
+    VERIFY_TIMER,
+    VERIFY_UNIT,
     Backup,
     Directory,
 )
 from components.monitoring import check_script, consul_service_json
+from components.proofs import verify_context
 from components.remote import MANIFEST_MAGIC
 from components.render import render, sha256
 
@@ -143,7 +146,8 @@ def scheduled_backups(settings: Settings) -> dict[str, Backup]:
 
 def timers(settings: Settings) -> list[str]:
     """The timers the schedule step enables."""
-    return [f"{b.unit}.timer" for b in scheduled_backups(settings).values()] + [METRICS_TIMER, *drill_timers(settings)]
+    return [f"{b.unit}.timer" for b in scheduled_backups(settings).values()] + [
+        METRICS_TIMER, VERIFY_TIMER, *drill_timers(settings)]
 
 
 def retired_units(settings: Settings) -> list[str]:
@@ -197,6 +201,12 @@ def unit_files(settings: Settings, ctx: NodeContext) -> list[PlannedFile]:
     files.append(PlannedFile(PATHS.metrics_script, "0755", "root", "root",
                              render("monitoring/pgbackup-metrics.py.j2", ctx)))
     files.append(PlannedFile(PATHS.check_script, "0755", "root", "root", check_script(settings, ctx)))
+    verify = verify_context(settings, ctx)
+    for path, template in ((f"{PATHS.unit_dir}/{VERIFY_UNIT}", "systemd/pgbackup-verify.service.j2"),
+                           (f"{PATHS.unit_dir}/{VERIFY_TIMER}", "systemd/pgbackup-verify.timer.j2")):
+        files.append(PlannedFile(path, "0644", "root", "root", render(template, verify), actions=unit))
+    files.append(PlannedFile(PATHS.verify_script, "0755", "root", "root",
+                             render("monitoring/pgbackup-verify.py.j2", verify)))
     if settings.monitoring.consul:
         files.append(PlannedFile(PATHS.consul_service, "0644", "root", "root", consul_service_json(settings),
                                  actions=(CONSUL_RELOAD,)))

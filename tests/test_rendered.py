@@ -177,8 +177,8 @@ def timer_calendars(files: dict[str, dict[str, str]]) -> dict[str, list[str]]:
 def test_one_calendar_per_timer_each_accepted_by_systemd(variant: tuple[str, Run]) -> None:
     name, run = variant
     calendars = timer_calendars(node_files(run, node_names(run)[0]))
-    # full, incremental, metrics, drill; with monthly archives their backup and their drill.
-    assert len(calendars) == (6 if (VARIANTS[name].get("retention") or {}).get("monthly") else 4)
+    # full, incremental, metrics, verification, drill; with monthly archives their backup and their drill.
+    assert len(calendars) == (7 if (VARIANTS[name].get("retention") or {}).get("monthly") else 5)
     for path, found in calendars.items():
         assert len(found) == 1, f"{path}: {found}"
         result = subprocess.run(["systemd-analyze", "calendar", found[0]], capture_output=True, text=True,
