@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from components.calendar import longest_gap_days
 from components.config import ClusterConfig, Settings
 from components.context import NodeContext, extend
 from components.layout import HEALTH_CHECKS, PATHS
-from components.render import Context, render
+from components.render import Context, promql_string, render
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5}
@@ -43,6 +44,24 @@ class Thresholds:
     """WAL backlog past this (half of archive-push-queue-max, beyond which WAL is dropped): critical (0: none)."""
     metrics_max_age: int
     """Metrics older than this: the collector is stale (alert: warning; checks: UNKNOWN)."""
+    wal_ready_max_age: int
+    """The oldest WAL segment waiting for archiving older than this: critical (archiving is stuck)."""
+    verify_max_age: int
+    """The newest verification older than this: a run was missed (warning)."""
+    drill_max_age: int
+    """The newest drill of repo1 older than this: a run was missed (warning)."""
+    monthly_drill_max_age: int
+    """The newest drill of repo2 older than this: a run was missed (warning; 0: no monthly archives)."""
+    rto_budget: int
+    """The newest drill took longer than this from restore to ready (warning)."""
+
+
+# How much longer than its schedule's longest gap a verification or drill may be: a day, for a run that is
+# slow, delayed (RandomizedDelaySec) or run late after the node was down (Persistent=true).
+MISSED_RUN_GRACE = 86400
+# A healthy pgBackRest archives a segment within seconds of it being complete. The margin beyond
+# archive_timeout also spans the collector's interval (it runs every 5 minutes).
+WAL_READY_MARGIN = 120
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -54,6 +73,12 @@ def thresholds(settings: Settings) -> Thresholds:
         archive_max_age=max(300, 5 * settings.pgbackrest.archive_timeout),
         queue_alert=size_bytes(queue_max) // 2 if queue_max else 0,
         metrics_max_age=1800,
+        wal_ready_max_age=settings.pgbackrest.archive_timeout + WAL_READY_MARGIN,
+        verify_max_age=longest_gap_days(settings.drill.verify_schedule) * 86400 + MISSED_RUN_GRACE,
+        drill_max_age=longest_gap_days(settings.drill.schedule) * 86400 + MISSED_RUN_GRACE,
+        monthly_drill_max_age=(longest_gap_days(settings.drill.monthly_schedule) * 86400 + MISSED_RUN_GRACE
+                               if settings.retention.monthly else 0),
+        rto_budget=settings.drill.rto_budget_seconds,
     )
 
 
@@ -63,6 +88,8 @@ class RulesContext(Context):
 
     cluster: ClusterConfig
     limits: Thresholds
+    drill_stanza: str
+    """A PromQL string: the drill's metrics' stanza label (optional_stanza_label)."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +100,16 @@ class CheckContext(NodeContext):
     queue_max: str | None
 
 
+def optional_stanza_label(stanza: str) -> str:
+    """A PromQL regex (Go RE2, anchored) for a `stanza` label equal to the stanza or absent: the drill's
+    metrics are matched whether or not their writer labels them with the stanza."""
+    return promql_string(f"({re.escape(stanza)})?")
+
+
 def alert_rules(settings: Settings) -> str:
-    return render("monitoring/pgbackrest.rules.yml.j2", RulesContext(cluster=settings.cluster,
-                                                                     limits=thresholds(settings)))
+    return render("monitoring/pgbackrest.rules.yml.j2", RulesContext(
+        cluster=settings.cluster, limits=thresholds(settings),
+        drill_stanza=optional_stanza_label(settings.cluster.stanza)))
 
 
 def check_script(settings: Settings, context: NodeContext) -> str:

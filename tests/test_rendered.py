@@ -305,7 +305,7 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
     rules.write_text(run.outputs["alertRules"])
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("alert-tests.yml", "alert-tests-monthly.yml"):
+    for name in ("alert-tests.yml", "alert-tests-monthly.yml", "alert-tests-proofs.yml", "alert-tests-proofs-age.yml"):
         tests = tmp_path / name
         tests.write_text((Path(__file__).parent / "data" / name).read_text())
         result = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True,
