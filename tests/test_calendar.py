@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -64,7 +65,7 @@ def systemd_longest_gap(expression: str, iterations: int) -> float:
     runs = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S")
             for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w{3} (\S+ \S+)", result.stdout)]
     assert len(runs) >= min(iterations, 100), result.stdout  # systemd stops at the year 2199
-    return max((b - a).total_seconds() for a, b in zip(runs, runs[1:], strict=False))
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(runs))
 
 
 @pytest.mark.parametrize("expression", GAP_CORPUS)
