@@ -108,6 +108,9 @@ def newest(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
 
 def proofs_of(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """lastVerify and lastDrill from every node's verify report (its "proofs": the state files' text)."""
-    texts = [r.get("proofs") if isinstance(r.get("proofs"), dict) else {} for r in reports]
+    texts: list[dict[str, Any]] = []
+    for report in reports:
+        proofs = report.get("proofs")
+        texts.append(proofs if isinstance(proofs, dict) else {})
     return {"lastVerify": newest([last_verify(t.get("verify")) for t in texts]),
             "lastDrill": newest([last_drill(t.get("drill")) for t in texts])}
