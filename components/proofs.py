@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ def newest(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     return max(found, key=lambda r: str(r["time"])) if found else None
 
 
-def proofs_of(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+def proofs_of(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """lastVerify and lastDrill from every node's verify report (its "proofs": the state files' text)."""
     texts: list[dict[str, Any]] = []
     for report in reports:

@@ -4,7 +4,9 @@ what the tests' mocks print in its place) and of reading pgBackRest's `info` doc
 
 Format: the step's last line starting with "{" is a JSON object, keys sorted: {"node": <name>, "role": "leader"
 | "replica" | ..., "info": <`pgbackrest --output=json info`> | null, "repo_bytes": {"<repo index>": <bytes of
-its archive/ and backup/>} | null}; info and repo_bytes on the leader only.
+its archive/ and backup/>} | null, "proofs": {"verify": <text of the node's pgbackup-verify.json> | null,
+"drill": <text of its pgbackup-drill.json> | null}}; info and repo_bytes on the leader only, proofs on every node
+(untrusted text: components/proofs.py parses it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from components.providers import Price
 
@@ -22,11 +24,14 @@ class VerifyReport(TypedDict):
     role: str
     info: list[dict[str, Any]] | None
     repo_bytes: dict[str, int] | None
+    proofs: NotRequired[dict[str, str | None]]
 
 
-def line(node: str, role: str, info: list[dict[str, Any]] | None, repo_bytes: dict[str, int] | None = None) -> str:
+def line(node: str, role: str, info: list[dict[str, Any]] | None, repo_bytes: dict[str, int] | None = None,
+         proofs: dict[str, str | None] | None = None) -> str:
     """The report as verify.sh.j2 prints it (without the line feed)."""
-    return json.dumps({"node": node, "role": role, "info": info, "repo_bytes": repo_bytes}, sort_keys=True)
+    return json.dumps({"node": node, "role": role, "info": info, "repo_bytes": repo_bytes,
+                       "proofs": proofs or {"verify": None, "drill": None}}, sort_keys=True)
 
 
 def parse(stdout: str) -> VerifyReport:

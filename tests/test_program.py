@@ -188,7 +188,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
                             "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion",
-                            "storageCost"}
+                            "storageCost", "lastVerify", "lastDrill"}
     assert outputs["pgbackrestVersion"] == "2.45-1"
     assert outputs["storage"]["provider"] == provider
     assert outputs["storage"]["repoPath"] == "/repo"
@@ -204,6 +204,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
                                      "stopTime": "2026-11-23T02:01:40Z"}
     assert outputs["walArchive"] == {"min": "000000010000000000000003", "max": "000000010000000000000009"}
     assert run.secret_outputs == {"secretAccessKey", "cipherPass"}
+    assert (outputs["lastVerify"], outputs["lastDrill"]) == (None, None)  # no state file yet
 
 
 def test_outputs_with_monthly_archives_in_a_second_repository() -> None:
@@ -265,7 +266,7 @@ def test_preview_leaves_apply_time_outputs_unknown() -> None:
     run = run_program(stack_config(), preview=True)
     assert run.outputs["stanza"] == "main"
     assert run.outputs["storage"]["bucket"] == "pg-backups"
-    for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive", "storageCost"):
+    for key in ("nodes", "stanzaStatus", "lastBackup", "walArchive", "storageCost", "lastVerify", "lastDrill"):
         assert run.outputs[key] is UNKNOWN, key
 
 
