@@ -1,0 +1,171 @@
+"""End to end: the scheduled verification (pgbackup-verify.service) on the real cluster, on a healthy
+repository and on one damaged as a failing disk or an attacker would: 16 bytes flipped in the newest full
+backup, one WAL segment deleted from the middle of the archive. The alert rules are run by promtool on the
+metrics file the node wrote. Every test puts back what it damaged and leaves the repository verified ok.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from components.cluster import repo_of
+from lab.control import STANZA, Lab
+
+pytestmark = pytest.mark.lab
+
+UNIT = "pgbackup-verify.service"
+STATE = "/var/lib/pgbackrest/pgbackup-verify.json"
+METRICS = "/var/lib/prometheus/node-exporter/pgbackup-verify.prom"
+BUCKET, REPO1 = "pgbackup-lab", "lab"  # Pulumi.lab.yaml: repo1 at /lab, repo2 at /lab/monthly
+
+
+def s3(lab: Lab) -> Any:
+    return boto3.client("s3", endpoint_url=lab.env["LAB_S3_ENDPOINT"], verify=lab.env["LAB_CA_FILE"],
+                        region_name="us-east-1", aws_access_key_id="labadmin", aws_secret_access_key="x")
+
+
+def keys_under(lab: Lab, prefix: str) -> dict[str, int]:
+    client = s3(lab)
+    return {o["Key"]: o["Size"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
+@contextmanager
+def damaged(lab: Lab, key: str, flip: bool) -> Iterator[None]:
+    """The object `key` with 16 bytes flipped in its middle (flip) or deleted; put back as it was afterwards."""
+    client = s3(lab)
+    original = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    if flip:
+        middle = len(original) // 2
+        client.put_object(Bucket=BUCKET, Key=key, Body=original[:middle] + bytes(b ^ 0xFF for b in original[
+            middle:middle + 16]) + original[middle + 16:])
+    else:
+        client.delete_object(Bucket=BUCKET, Key=key)
+    try:
+        yield
+    finally:
+        client.put_object(Bucket=BUCKET, Key=key, Body=original)
+
+
+def run_verification(lab: Lab, node: str) -> tuple[str, dict[str, Any], str, float]:
+    """Starts the service as the timer would: its result, the state file, the metrics file, and seconds."""
+    started = time.monotonic()
+    lab.ssh(node, f"systemctl start {UNIT}", check=False)
+    seconds = time.monotonic() - started
+    result = lab.ssh(node, f"systemctl show -p Result --value {UNIT}").stdout.strip()
+    state = json.loads(lab.ssh(node, f"cat {STATE}").stdout)
+    return result, state, lab.ssh(node, f"cat {METRICS}").stdout, seconds
+
+
+def alerts_on(lab: Lab, metrics: str, node: str, tmp_path: Path, expected: list[dict[str, Any]]) -> None:
+    """promtool runs the stack's alert rules on `metrics` (a node's .prom file, as Prometheus would scrape it
+    for 30 minutes with instance=node) and expects PgBackupVerifyFoundErrors to fire as `expected` says."""
+    (tmp_path / "rules.yml").write_text(lab.first_apply["outputs"]["alertRules"])
+    series = []
+    for line in metrics.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            series.append({"series": name.replace("}", f',instance="{node}"}}'), "values": f"{value}x30"})
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m",
+             "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+                 {"eval_time": "10m", "alertname": "PgBackupVerifyFoundErrors", "exp_alerts": expected}]}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(["promtool", "test", "rules", "tests.yml"], capture_output=True, text=True, check=False,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def verify_alert(repo: str, kind: str, count: int) -> dict[str, Any]:
+    return {"exp_labels": {"severity": "critical", "stanza": STANZA, "repo": repo, "kind": kind},
+            "exp_annotations": {"summary": f"The last verification of repo{repo} of stanza {STANZA} found {count} "
+                                           f"{kind} error(s): a restore may fail"}}
+
+
+def assert_healthy(lab: Lab, leader: str, tmp_path: Path) -> float:
+    result, state, metrics, seconds = run_verification(lab, leader)
+    assert result == "success", state
+    assert state["ok"] is True, state
+    assert state["errors"] == {"checksum": 0, "missing_wal": 0, "other": 0}
+    assert sorted(state["repos"]) == ["1", "2"]
+    for repo in ("1", "2"):
+        assert f'pgbackup_verify_errors{{stanza="{STANZA}",repo="{repo}",kind="checksum"}} 0' in metrics
+        assert state["repos"][repo]["continuity"]["missing"] == 0
+        assert state["repos"][repo]["checked"]["wal"] > 0
+    alerts_on(lab, metrics, leader, tmp_path, [])
+    return seconds
+
+
+def test_verification_of_a_healthy_cluster_reports_ok(lab: Lab, tmp_path: Path) -> None:
+    leader = lab.leader()
+    for replica in lab.replicas():
+        lab.ssh(replica, f"systemctl start {UNIT}")
+        assert lab.ssh(replica, f"systemctl show -p Result --value {UNIT}").stdout.strip() == "exec-condition"
+        assert lab.ssh(replica, f"test -e {STATE}", check=False).returncode == 1
+    seconds = assert_healthy(lab, leader, tmp_path)
+    # Written by postgres, never root; published by root for node_exporter.
+    assert lab.ssh(leader, f"stat -c %U:%a {STATE}").stdout.strip() == "postgres:640"
+    assert lab.ssh(leader, f"stat -c %U:%a {METRICS}").stdout.strip() == "root:644"
+    for node in lab.nodes:
+        assert "pgbackup-verify.timer" in lab.ssh(node, "systemctl list-timers --all --no-pager --no-legend").stdout
+    # RPO without false alarms: on an idle cluster no WAL waits (or only for moments).
+    lab.ssh(leader, "systemctl start pgbackup-metrics.service")
+    text = lab.ssh(leader, "cat /var/lib/prometheus/node-exporter/pgbackrest.prom").stdout
+    values = dict(re.findall(rf'^(pgbackrest_wal_ready_\w+){{stanza="{STANZA}"}} (\d+)$', text, re.M))
+    assert int(values["pgbackrest_wal_ready_count"]) <= 1, text
+    assert int(values["pgbackrest_wal_ready_oldest_age_seconds"]) < 60, text
+    print(f"\nverification of both repositories on a healthy cluster: {seconds:.1f} s")
+
+
+def test_verification_flags_bytes_flipped_in_the_newest_full_backup(lab: Lab, tmp_path: Path) -> None:
+    leader = lab.leader()
+    full = [b for b in lab.info()["backup"] if repo_of(b) == 1 and b["type"] == "full"][-1]["label"]
+    objects = {k: size for k, size in keys_under(lab, f"{REPO1}/backup/{STANZA}/{full}/").items()
+               if "backup.manifest" not in k}
+    target = max(objects, key=lambda k: objects[k])  # the largest: a bundle (2.55) or a relation file (2.45)
+    with damaged(lab, target, flip=True):
+        result, state, metrics, seconds = run_verification(lab, leader)
+    assert result == "exit-code", state  # the service fails: `systemctl --failed` shows it
+    assert state["ok"] is False
+    repo1 = state["repos"]["1"]
+    assert repo1["errors"]["checksum"] >= 1, repo1
+    assert state["repos"]["2"]["errors"] == {"checksum": 0, "missing_wal": 0, "other": 0}
+    checksum = repo1["errors"]["checksum"]
+    assert f'pgbackup_verify_errors{{stanza="{STANZA}",repo="1",kind="checksum"}} {checksum}' in metrics
+    alerts_on(lab, metrics, leader, tmp_path, [verify_alert("1", "checksum", checksum)])
+    print(f"\nflipped 16 bytes of {target} ({objects[target]} bytes): {repo1['errors']}, {seconds:.1f} s")
+    assert_healthy(lab, leader, tmp_path)
+
+
+def test_verification_flags_a_wal_segment_deleted_from_the_middle_of_the_archive(lab: Lab, tmp_path: Path) -> None:
+    leader = lab.leader()
+    lab.sql(leader, "CREATE TABLE IF NOT EXISTS verify_gap (n int)")
+    for n in range(4):
+        lab.sql(leader, f"INSERT INTO verify_gap VALUES ({n})")  # noqa: S608 -- a number
+        last = lab.switch_wal(leader)
+    lab.wait_archived(last)
+    archived = sorted(k for k in keys_under(lab, f"{REPO1}/archive/{STANZA}/")
+                      if re.search(r"/[0-9A-F]{24}-[0-9a-f]{40}(\.\w+)?$", k))
+    target = archived[-3]  # neither the newest segment nor one the newest backup needs to be consistent
+    segment = target.rsplit("/", 1)[1][:24]
+    with damaged(lab, target, flip=False):
+        result, state, metrics, _ = run_verification(lab, leader)
+    repo1 = state["repos"]["1"]
+    assert result == "exit-code", state
+    assert repo1["errors"]["missing_wal"] >= 1, repo1
+    assert segment in repo1["continuity"]["firstMissing"], repo1
+    assert state["repos"]["2"]["errors"]["missing_wal"] == 0  # archive-push wrote the segment to repo2 as well
+    alerts_on(lab, metrics, leader, tmp_path, [verify_alert("1", "missing_wal", repo1["errors"]["missing_wal"])])
+    # What pgBackRest's verify said by itself (the continuity check is what counts the gap).
+    print(f"\ndeleted {segment}: verify {repo1['status']} {repo1['notes']}, continuity {repo1['continuity']}")
+    assert_healthy(lab, leader, tmp_path)
