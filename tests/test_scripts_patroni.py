@@ -49,9 +49,11 @@ case " $* " in
 esac
 """,
     "runuser": r"""#!/bin/bash
-# Records its arguments; answers psql (archive_mode) and `pgbackrest info` like a healthy leader.
+# Records its arguments; answers psql (archive_mode) and `pgbackrest info` like a healthy leader; runs python3
+# (the verify step's reading of the state files) as the current user.
 printf 'runuser %s\n' "$*" >>"$FAKE/calls"
 case " $* " in
+  *" python3 "*) shift 3 && exec "$@" ;;
   *" psql "*) echo on ;;
   *" --output=json info "*) cat "$FAKE/info.json" ;;
   *" repo-ls archive "*) cat "$FAKE/repo-ls-archive.json" ;;
@@ -62,6 +64,7 @@ esac
 printf 'sleep %s\\n' "$*" >>"$FAKE/calls"
 """,
 }
+NO_PROOFS = {"verify": None, "drill": None}  # no state file on this machine
 INFO = [{"name": "main", "status": {"code": 0, "message": "ok"},
          "backup": [{"label": "20261122-020000F", "type": "full", "database": {"id": 1, "repo-key": 1}}]}]
 # `pgbackrest repo-ls --recurse --output=json <path>` of repo1's archive and backup (as 2.45 prints them): the files
@@ -182,11 +185,13 @@ def test_the_leader_creates_the_stanza(run: Run, tmp_path: Path, version: str) -
 def test_a_replica_does_nothing_and_succeeds(run: Run, tmp_path: Path, version: str, step: str) -> None:
     result = run_step(run, tmp_path, "pg2", step, [member_list(version, VERSIONS[version])])
     assert result.returncode == 0, result.stderr
-    assert result.called("runuser") == []
+    # Nothing but reading its own state files (verify): no pgBackRest, no psql.
+    assert [c for c in result.called("runuser") if " python3 " not in c] == []
     assert [c for c in result.called("patronictl") if " list " not in f"{c} "] == []  # no edit-config, restart
     assert "role=replica: the leader (pg1)" in result.stdout + result.stderr
     if step == "verify":
-        assert json.loads(result.stdout) == {"node": "pg2", "role": "replica", "info": None, "repo_bytes": None}
+        assert json.loads(result.stdout) == {"node": "pg2", "role": "replica", "info": None, "repo_bytes": None,
+                                             "proofs": NO_PROOFS}
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
@@ -215,7 +220,8 @@ def test_the_leader_sets_archiving_and_restarts_pending_members(
 def test_the_leader_verifies(run: Run, tmp_path: Path, version: str) -> None:
     result = run_step(run, tmp_path, "pg1", "verify", [member_list(version, VERSIONS[version])])
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO, "repo_bytes": {"1": 1020}}
+    assert json.loads(result.stdout) == {"node": "pg1", "role": "leader", "info": INFO, "repo_bytes": {"1": 1020},
+                                         "proofs": NO_PROOFS}
     assert [c.split(" pgbackrest ")[1] for c in pgbackrest_calls(result)] == [
         "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info",
         "--stanza=main --repo=1 --output=json --recurse repo-ls archive",
