@@ -19,7 +19,7 @@ import boto3
 import pytest
 import yaml
 
-from components.cluster import repo_of
+from components.report import repo_of
 from lab.control import STANZA, Lab
 
 pytestmark = pytest.mark.lab
