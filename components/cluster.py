@@ -15,13 +15,12 @@ import pulumi
 import pulumi_random as random
 from pulumi_command import remote
 
-from components import report
+from components import proofs, report
 from components.config import Settings
 from components.context import repository_prices
 from components.node import NodeTls, PgBackRestNode, PgBackRestNodeArgs, RepositorySecrets
 from components.pki import ClusterPki, ClusterPkiArgs
 from components.plan import BARRIERS, NODE_STEPS, STAGES, plan_cluster
-from components.proofs import proofs_of
 from components.remote import barrier, connection, remote_step
 from components.render import sha256
 
@@ -45,8 +44,8 @@ class BackupCluster(pulumi.ComponentResource):
     wal_archive: pulumi.Output[report.WalArchive | None]
     storage_cost: pulumi.Output[report.StorageCost | None]
     pgbackrest_version: pulumi.Output[str]
-    last_verify: pulumi.Output[dict[str, Any] | None]
-    last_drill: pulumi.Output[dict[str, Any] | None]
+    last_verify: pulumi.Output[proofs.LastVerify | None]
+    last_drill: pulumi.Output[proofs.LastDrill | None]
 
     def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgbackup:cluster:BackupCluster", name, None, opts)
@@ -133,9 +132,9 @@ class BackupCluster(pulumi.ComponentResource):
         self.wal_archive = info.apply(report.wal_archive)
         prices = repository_prices(settings)
         self.storage_cost = reports.apply(lambda rs: report.storage_cost(rs, prices))
-        proofs = reports.apply(proofs_of)
-        self.last_verify = proofs.apply(lambda p: p["lastVerify"])
-        self.last_drill = proofs.apply(lambda p: p["lastDrill"])
+        found = reports.apply(proofs.proofs_of)
+        self.last_verify = found.apply(lambda p: p["lastVerify"])
+        self.last_drill = found.apply(lambda p: p["lastDrill"])
         self.register_outputs(
             {
                 "cipher_pass": self.cipher_pass,

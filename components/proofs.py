@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 from components.config import Settings
 from components.context import NodeContext, extend
@@ -21,6 +21,35 @@ from components.layout import NAMES
 STATE_MAX_BYTES = NAMES.state_max_bytes
 ERROR_KINDS = ("checksum", "missing_wal", "other")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+class VerifyErrors(TypedDict):
+    checksum: int
+    missing_wal: int
+    other: int
+
+
+class LastVerify(TypedDict):
+    """The `lastVerify` output."""
+
+    time: str
+    ok: bool
+    errors: VerifyErrors
+
+
+class LastDrill(TypedDict):
+    """The `lastDrill` output."""
+
+    time: str
+    ok: bool
+    rtoSeconds: float | None
+    restoredBytes: int | None
+    replayedToArchiveEnd: bool
+
+
+class Proofs(TypedDict):
+    lastVerify: LastVerify | None
+    lastDrill: LastDrill | None
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,9 @@ def verify_context(settings: Settings, ctx: NodeContext) -> VerifyContext:
                   randomized_delay_sec=settings.schedule.randomized_delay_sec, verify_repos=verify_repos(settings))
 
 
+R = TypeVar("R", LastVerify, LastDrill)
+
+
 def _load(text: Any) -> dict[str, Any] | None:
     if not isinstance(text, str) or len(text) > STATE_MAX_BYTES:
         return None
@@ -72,41 +104,43 @@ def _time(value: Any) -> str | None:
     return value if isinstance(value, str) and _TIME.fullmatch(value) else None
 
 
-def last_verify(text: Any) -> dict[str, Any] | None:
+def last_verify(text: Any) -> LastVerify | None:
     """{time, ok, errors: {checksum, missing_wal, other}} of a pgbackup-verify.json, or None."""
     state = _load(text)
     if state is None or _time(state.get("time")) is None or type(state.get("ok")) is not bool:
         return None
     raw = state.get("errors")
     errors = {kind: _count(raw.get(kind)) for kind in ERROR_KINDS} if isinstance(raw, dict) else {}
-    if len(errors) != len(ERROR_KINDS) or None in errors.values():
+    checksum, missing_wal, other = (errors.get(kind) for kind in ERROR_KINDS)
+    if checksum is None or missing_wal is None or other is None:
         return None
     # "ok" is what the counts say, whatever the file claims.
-    return {"time": state["time"], "ok": state["ok"] and not any(errors.values()), "errors": errors}
+    return {"time": state["time"], "ok": state["ok"] and not (checksum or missing_wal or other),
+            "errors": {"checksum": checksum, "missing_wal": missing_wal, "other": other}}
 
 
-def last_drill(text: Any) -> dict[str, Any] | None:
+def last_drill(text: Any) -> LastDrill | None:
     """{time, ok, rtoSeconds, restoredBytes, replayedToArchiveEnd} of a pgbackup-drill.json, or None."""
     state = _load(text)
     if state is None:
         return None
-    result = {"time": _time(state.get("time")), "ok": state.get("ok"), "rtoSeconds": _seconds(state.get("rtoSeconds")),
-              "restoredBytes": _count(state.get("restoredBytes")),
-              "replayedToArchiveEnd": state.get("replayedToArchiveEnd")}
-    if result["time"] is None or type(result["ok"]) is not bool or type(result["replayedToArchiveEnd"]) is not bool:
+    time, ok, rto, restored = (_time(state.get("time")), state.get("ok"), _seconds(state.get("rtoSeconds")),
+                               _count(state.get("restoredBytes")))
+    replayed = state.get("replayedToArchiveEnd")
+    if time is None or type(ok) is not bool or type(replayed) is not bool:
         return None
-    if result["ok"] and (result["rtoSeconds"] is None or result["restoredBytes"] is None):
+    if ok and (rto is None or restored is None):
         return None  # a success without its numbers is not one
-    return result
+    return {"time": time, "ok": ok, "rtoSeconds": rto, "restoredBytes": restored, "replayedToArchiveEnd": replayed}
 
 
-def newest(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+def newest(results: Sequence[R | None]) -> R | None:
     """The newest of the nodes' results (ISO 8601 UTC times of one format compare as text), or None."""
     found = [r for r in results if r is not None]
-    return max(found, key=lambda r: str(r["time"])) if found else None
+    return max(found, key=lambda r: r["time"]) if found else None
 
 
-def proofs_of(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
+def proofs_of(reports: Sequence[Mapping[str, Any]]) -> Proofs:
     """lastVerify and lastDrill from every node's verify report (its "proofs": the state files' text)."""
     texts: list[dict[str, Any]] = []
     for report in reports:
