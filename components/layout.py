@@ -27,7 +27,6 @@ class Paths:
     # Written by the verification service as postgres (untrusted: read defensively), and its metrics (root).
     verify_state: str = "/var/lib/pgbackrest/pgbackup-verify.json"
     verify_metrics: str = "/var/lib/prometheus/node-exporter/pgbackup-verify.prom"
-    drill_state: str = "/var/lib/pgbackrest/pgbackup-drill.json"
     consul_dir: str = "/etc/consul.d"
     consul_service: str = "/etc/consul.d/pgbackrest.json"  # in consul_dir
     unit_dir: str = "/etc/systemd/system"
