@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from components.report import repo_of
-from lab.control import PG_DATA, ROOT, Lab
+from lab.control import LAB_DIR, PG_DATA, ROOT, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -87,6 +87,20 @@ def test_a_drill_on_demand_prints_its_rto_and_the_node_records_it(lab: Lab) -> N
     assert state["node"] == node
     assert datetime.fromisoformat(state["time"].replace("Z", "+00:00")) >= started - timedelta(seconds=2)
     assert f"RTO {state['rtoSeconds']:.1f} s" in line
+    # The outputs lastDrill and lastVerify, read by the verify step at apply time from the nodes' state files
+    # (the verify step runs again here as on a fresh Pulumi state: it re-runs only when its inputs change).
+    leader = lab.leader()
+    lab.ssh(leader, "systemctl start pgbackup-verify.service", timeout=900)
+    verified = json.loads(lab.ssh(leader, "cat /var/lib/pgbackrest/pgbackup-verify.json").stdout)
+    driver_state = lab.driver_state()
+    for name in [n for n in driver_state if n.endswith("-verify")]:
+        driver_state[name]["inputs"] = "forget"
+    (LAB_DIR / "driver-state.json").write_text(json.dumps(driver_state))
+    outputs = lab.apply()["outputs"]
+    assert outputs["lastDrill"] == {"time": state["time"], "ok": True, "rtoSeconds": state["rtoSeconds"],
+                                    "restoredBytes": state["restoredBytes"],
+                                    "replayedToArchiveEnd": state["replayedToArchiveEnd"]}
+    assert outputs["lastVerify"] == {"time": verified["time"], "ok": True, "errors": verified["errors"]}
 
 
 def test_status_of_a_degraded_cluster_matches_the_nodes(lab: Lab) -> None:
