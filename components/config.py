@@ -11,13 +11,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pulumi
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -387,25 +388,24 @@ def _check_calendar(value: str) -> str:
     return calendar
 
 
+# A systemd calendar expression, normalised and checked as the timer will get it.
+Calendar = Annotated[str, AfterValidator(_check_calendar)]
+
+
 class ScheduleConfig(_Model):
     """`pgbackup:schedule`: one systemd calendar expression per backup type."""
 
-    full: str = Field(
+    full: Calendar = Field(
         default="Sun *-*-* 02:00:00",
         description="systemd calendar of the full backup (checked like `systemd-analyze calendar`)")
-    incremental: str = Field(default="Mon..Sat *-*-* 02:00:00", description="calendar of the incremental backup")
-    monthly: str = Field(
+    incremental: Calendar = Field(default="Mon..Sat *-*-* 02:00:00", description="calendar of the incremental backup")
+    monthly: Calendar = Field(
         default="Sun *-*-01..07 04:00:00",
         description="calendar of the monthly archive (the first Sunday of the month); used with `retention.monthly`")
     randomized_delay_sec: int = Field(default=300, ge=0, le=86400, description="timers' `RandomizedDelaySec`")
     max_backup_age_hours: int = Field(
         default=26, ge=1, le=24 * 366,
         description="the `PgBackRestBackupTooOld` alert's and the `backup-age` check's threshold")
-
-    @field_validator("full", "incremental", "monthly")
-    @classmethod
-    def _calendar(cls, value: str) -> str:
-        return _check_calendar(value)
 
 
 class RetentionConfig(_Model):
@@ -493,11 +493,11 @@ class MonitoringConfig(_Model):
 class DrillConfig(_Model):
     """`pgbackup:drill`: scheduled verification of the repositories and restore drills."""
 
-    verify_schedule: str = Field(default="*-*-* 05:00:00",
+    verify_schedule: Calendar = Field(default="*-*-* 05:00:00",
                                  description="calendar of `pgbackrest verify` of each repository, on the leader")
-    schedule: str = Field(default="Wed *-*-* 05:30:00",
+    schedule: Calendar = Field(default="Wed *-*-* 05:30:00",
                           description="calendar of the restore drill of repo1's newest backup, on one node")
-    monthly_schedule: str = Field(
+    monthly_schedule: Calendar = Field(
         default="Sun *-*-08..14 06:00:00",
         description="calendar of the drill of repo2's newest monthly archive (with `retention.monthly`; the second "
                     "Sunday)")
@@ -514,11 +514,6 @@ class DrillConfig(_Model):
     rto_budget_seconds: int = Field(
         default=1800, ge=60, le=7 * 86400,
         description="the drill's restore-to-ready time past which an alert fires (the design's 30 minutes)")
-
-    @field_validator("verify_schedule", "schedule", "monthly_schedule")
-    @classmethod
-    def _calendar(cls, value: str) -> str:
-        return _check_calendar(value)
 
     @field_validator("path")
     @classmethod
