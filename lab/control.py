@@ -266,6 +266,16 @@ class Lab:
         finally:
             self.boot_nodes()
 
+    def failing_segment(self, node: str, table: str, rows: int) -> str:
+        """With the storage down: write `rows` rows into `table` on `node`, close the WAL segment, wait until
+        the archiver has failed on it; the segment's name."""
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", table), f"not a plain table name: {table!r}"
+        self.sql(node, f"CREATE TABLE IF NOT EXISTS {table} (n int)")
+        self.sql(node, f"INSERT INTO {table} SELECT generate_series(1, {int(rows)})")
+        segment = self.switch_wal(node)
+        self.wait_archive_failure(node)
+        return segment
+
     def wait_archive_failure(self, node: str, timeout: float = 120) -> None:
         """Until `node`'s archiver has failed at least once (pg_stat_archiver.failed_count)."""
         deadline = time.monotonic() + timeout

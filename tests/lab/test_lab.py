@@ -174,10 +174,7 @@ def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None
     leader = lab.leader()
     started = time.monotonic()
     with lab.s3_down():
-        lab.sql(leader, "CREATE TABLE IF NOT EXISTS check_outage (n int)")
-        lab.sql(leader, "INSERT INTO check_outage SELECT generate_series(1, 1000)")
-        segment = lab.switch_wal(leader)
-        lab.wait_archive_failure(leader)
+        segment = lab.failing_segment(leader, "check_outage", 1000)
         collect_metrics(lab, leader)  # what the next run of pgbackup-metrics.timer (every 5 min) does
         code, message = run_check(lab, leader, "wal-archive")
         took = time.monotonic() - started

@@ -120,10 +120,7 @@ def test_status_of_a_degraded_cluster_matches_the_nodes(lab: Lab) -> None:
     lab.wait_healthy()
     leader = lab.leader()
     with lab.s3_down():
-        lab.sql(leader, "CREATE TABLE IF NOT EXISTS status_outage (n int)")
-        lab.sql(leader, "INSERT INTO status_outage SELECT generate_series(1, 100)")
-        segment = lab.switch_wal(leader)
-        lab.wait_archive_failure(leader)
+        segment = lab.failing_segment(leader, "status_outage", 100)
         code, doc = status(lab)
         failed = lab.sql(leader, "SELECT last_failed_wal FROM pg_stat_archiver")
         assert code == 1
