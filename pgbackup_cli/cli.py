@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,11 @@ def run_recover(cluster: Cluster, options: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Ctrl-C interrupts, and SIGTERM likewise, even when started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and Python then installs no handler): `recover` records each
+    # finished step and carries on from there when run again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     options = parse(sys.argv[1:] if argv is None else argv)
     try:
         stack = load_stack(options.stack, options.cwd)

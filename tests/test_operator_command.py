@@ -179,3 +179,19 @@ def test_a_recovery_carries_on_after_its_recorded_steps() -> None:
     resumed.run()
     assert resumed.ran == names[3:]
     assert resumed.lines[2] == "[3/7] restore the leader, replay, promote it by hand, stop it: done before (30.0 s)"
+
+
+def test_ctrl_c_interrupts_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A background job of a non-interactive shell starts with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: `pgbackup recover` would go on through an operator's Ctrl-C (the lab caught it).
+    main() installs the handlers itself."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert cli.main(["status", "-s", "missing", "-C", str(tmp_path)]) == 2  # no Pulumi.missing.yaml
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
