@@ -1,4 +1,5 @@
-"""The lab fixture: a fresh lab (lab/up.sh), the program applied by the lab driver, torn down at the end."""
+"""The lab fixture: a fresh lab (lab/up.sh) per test module, the program applied by the lab driver, torn down
+at the end of the module."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in other_release]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
+    """A fresh lab per test module: the tests of a module run in order on the cluster its earlier tests
+    left (test_lab.py is one long story), and no module depends on another's history."""
     assert os.geteuid() == 0, "the lab needs root"
     # LAB_REUSE=1: a developer's shortcut onto a running lab; LAB_KEEP=1: leave it running afterwards.
     lab = start_lab(fresh=not os.environ.get("LAB_REUSE"))
