@@ -182,6 +182,17 @@ class StorageConfig(_Model):
         json_schema_extra=doc(short="USD per TB and month for the storageCost estimate; unset: the provider's "
                                     "list price (components/providers.py)"))
 
+    object_lock_days: int = Field(
+        default=0, ge=0, le=3650,
+        description="`0`: off. Days every new version under `repoPath` is locked in COMPLIANCE mode (nobody, the "
+                    "account's administrator included, can remove it or shorten its lock before then): the bucket is "
+                    "created with versioning and Object Lock (B2: file lock) and this default retention; needs "
+                    "pgBackRest 2.54 or later (`pgbackrest.version`) and `noncurrentVersionDays` at least as long. "
+                    "See [What the node's key can do](#what-the-nodes-key-can-and-cannot-do)",
+        json_schema_extra=doc(short="0: off; days every new version is locked in compliance mode (Object Lock, B2 "
+                                    "file lock); needs pgBackRest >= 2.54 and noncurrentVersionDays >= it"),
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
@@ -254,6 +265,11 @@ class StorageConfig(_Model):
             if provider.endpoint is None:
                 raise ValueError(f"endpoint: required for provider {self.provider} (host[:port] of its S3 API)")
             endpoint = provider.endpoint.format(region=region)
+        if self.object_lock_days > self.noncurrent_version_days:
+            raise ValueError(
+                f"noncurrentVersionDays: {self.noncurrent_version_days} is shorter than objectLockDays "
+                f"{self.object_lock_days}: a version cannot expire while it is locked; set noncurrentVersionDays "
+                f"to {self.object_lock_days} or more")
         object.__setattr__(self, "region", region)
         object.__setattr__(self, "endpoint", endpoint)
         object.__setattr__(self, "uri_style", self.uri_style or provider.uri_style)
@@ -280,6 +296,21 @@ class StorageConfig(_Model):
         """repo2 (monthly archives), inside the repository's prefix so that the same scoped key reaches it.
         pgBackRest keeps repo1 in <repoPath>/archive and <repoPath>/backup only: the two never overlap."""
         return f"{self.repo_path}/monthly"
+
+
+class OffsiteConfig(StorageConfig):
+    """`pgbackup:offsite`: a second location, at another provider or account, for repo2 (the monthly archives).
+    The same keys as `pgbackup:storage`; unset, repo2 stays in repo1's bucket."""
+
+    create: bool = Field(
+        default=True,
+        description="`false`: use an existing bucket and the key in `pgbackup:offsiteAccessKeyId` / "
+                    "`pgbackup:offsiteSecretAccessKey`")
+
+    @property
+    def monthly_repo_path(self) -> str:
+        """repo2 is the whole repository path of the offsite bucket."""
+        return self.repo_path
 
 
 class NodeConfig(_Model):
@@ -540,6 +571,15 @@ class Settings:
     cipher_pass: pulumi.Output[str] | None
     access_key_id: pulumi.Output[str] | None
     secret_access_key: pulumi.Output[str] | None
+    offsite: OffsiteConfig | None = None
+    """`pgbackup:offsite`: where repo2 lives when it is not nested in repo1's bucket."""
+    offsite_access_key_id: pulumi.Output[str] | None = None
+    offsite_secret_access_key: pulumi.Output[str] | None = None
+
+    @property
+    def monthly_storage(self) -> StorageConfig:
+        """Where repo2 (the monthly archives) lives: the offsite location, or repo1's bucket."""
+        return self.offsite or self.storage
 
 
 def _shown(part: str | int) -> str:
@@ -599,7 +639,10 @@ OBJECT_KEYS: dict[str, tuple[type[_Model], bool]] = {
     "pgbackrest": (PgBackRestConfig, False),
     "monitoring": (MonitoringConfig, False),
     "drill": (DrillConfig, False),
+    "offsite": (OffsiteConfig, False),
 }
+# Optional objects that are absent (None) unless set, instead of taking their defaults.
+ABSENT_UNLESS_SET = frozenset({"offsite"})
 
 
 @dataclass(frozen=True)
@@ -629,6 +672,12 @@ SECRET_KEYS: dict[str, SecretKey] = {
         meaning="the access key id of an existing key that reaches the bucket"),
     "secretAccessKey": SecretKey(
         when="only with `storage.create: false`",
+        meaning="that key's secret access key"),
+    "offsiteAccessKeyId": SecretKey(
+        when="only with `offsite.create: false`",
+        meaning="the access key id of an existing key that reaches the offsite bucket"),
+    "offsiteSecretAccessKey": SecretKey(
+        when="only with `offsite.create: false`",
         meaning="that key's secret access key"),
 }
 KNOWN_KEYS = (*OBJECT_KEYS, *SECRET_KEYS)
@@ -707,7 +756,8 @@ def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
     """Validate the plain (non-secret) objects. Separate from Pulumi so it can be tested directly.
     With `stack`, the storage key's name (which holds the stack's name) is checked too."""
     check_known_keys(raw)
-    parsed = {key: _parse(key, raw.get(key), model, required) for key, (model, required) in OBJECT_KEYS.items()}
+    parsed = {key: _parse(key, raw.get(key), model, required) for key, (model, required) in OBJECT_KEYS.items()
+              if key not in ABSENT_UNLESS_SET}
     storage, cluster, schedule, retention, pgbackrest, monitoring, drill = (
         parsed["storage"], parsed["cluster"], parsed["schedule"], parsed["retention"], parsed["pgbackrest"],
         parsed["monitoring"], parsed["drill"])
@@ -727,7 +777,30 @@ def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
             or cluster.pg_data.startswith(f"{drill.path}/"):
         raise ConfigError(f"{NAMESPACE}:drill.path: {drill.path!r} overlaps the data directory "
                           f"{cluster.pg_data!r} (the drill deletes what it restored)")
+    for key, location in (("storage", storage), ("offsite", parse_offsite(raw, retention))):
+        if location is not None and location.object_lock_days and pgbackrest.feature_version < LOCK_VERSION:
+            pin = repr(pgbackrest.version) if pgbackrest.version else "no pin: 2.45, Debian 12's"
+            raise ConfigError(
+                f"{NAMESPACE}:{key}.objectLockDays: needs pgBackRest {LOCK_VERSION[0]}.{LOCK_VERSION[1]} or later "
+                "(repo-target-time restores from the repository as it was before a deletion), and "
+                f"{NAMESPACE}:pgbackrest.version admits older ({pin}): pin '2.55*' (Debian 13) or set objectLockDays "
+                "to 0")
     return storage, cluster, schedule, retention, pgbackrest, monitoring, drill
+
+
+# repo-target-time (pgBackRest 2.54): read a versioned repository as it was at a time.
+LOCK_VERSION = (2, 54)
+
+
+def parse_offsite(raw: Mapping[str, Any], retention: RetentionConfig) -> OffsiteConfig | None:
+    """`pgbackup:offsite`, or None when the stack does not set it. It holds repo2, so it needs monthly archives."""
+    if raw.get("offsite") is None:
+        return None
+    offsite: OffsiteConfig = _parse("offsite", raw["offsite"], OffsiteConfig, False)
+    if not retention.monthly:
+        raise ConfigError(f"{NAMESPACE}:offsite: holds repo2 (the monthly archives): set "
+                          f"{NAMESPACE}:retention.monthly above 0, or remove {NAMESPACE}:offsite")
+    return offsite
 
 
 # A passphrase shorter than this is accepted with a warning (the generated one has 64 characters).
@@ -779,22 +852,10 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
             f"{NAMESPACE}:sshPrivateKey: required (secret): "
             "pulumi config set --secret pgbackup:sshPrivateKey < ~/.ssh/id_ed25519"
         )
-    access_key_id = _secret(config, "accessKeyId")
-    secret_access_key = _secret(config, "secretAccessKey")
-    if not storage.create and (access_key_id is None or secret_access_key is None):
-        raise ConfigError(
-            f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: required (secrets) when "
-            f"{NAMESPACE}:storage.create is false"
-        )
-    if not storage.create and storage.key_generation:
-        raise ConfigError(
-            f"{NAMESPACE}:storage.keyGeneration: rotates the key the program creates; with storage.create false "
-            "the key is yours: set the new one in pgbackup:accessKeyId / pgbackup:secretAccessKey instead")
-    if storage.create and (access_key_id is not None or secret_access_key is not None):
-        raise ConfigError(
-            f"{NAMESPACE}:accessKeyId / {NAMESPACE}:secretAccessKey: only used with storage.create false; "
-            "remove them, or set storage.create to false to use that key"
-        )
+    access_key_id, secret_access_key = _given_key(config, "storage", storage, "accessKeyId", "secretAccessKey")
+    offsite = parse_offsite(raw, retention)
+    offsite_key_id, offsite_secret = _given_key(config, "offsite", offsite, "offsiteAccessKeyId",
+                                                "offsiteSecretAccessKey")
     return Settings(
         storage=storage,
         cluster=cluster,
@@ -807,4 +868,24 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         cipher_pass=_secret(config, "cipherPass"),
         access_key_id=access_key_id,
         secret_access_key=secret_access_key,
+        offsite=offsite,
+        offsite_access_key_id=offsite_key_id,
+        offsite_secret_access_key=offsite_secret,
     )
+
+
+def _given_key(config: pulumi.Config, obj: str, location: StorageConfig | None, id_key: str, secret_key: str
+               ) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
+    """The existing key of a location with `create: false` (two secrets); refused with `create` true."""
+    key_id, secret = _secret(config, id_key), _secret(config, secret_key)
+    keys = f"{NAMESPACE}:{id_key} / {NAMESPACE}:{secret_key}"
+    if location is not None and not location.create and (key_id is None or secret is None):
+        raise ConfigError(f"{keys}: required (secrets) when {NAMESPACE}:{obj}.create is false")
+    if location is not None and not location.create and location.key_generation:
+        raise ConfigError(
+            f"{NAMESPACE}:{obj}.keyGeneration: rotates the key the program creates; with {obj}.create false "
+            f"the key is yours: set the new one in {keys} instead")
+    if (location is None or location.create) and (key_id is not None or secret is not None):
+        raise ConfigError(f"{keys}: only used with {obj}.create false; remove them, or set {obj}.create to false to "
+                          "use that key")
+    return key_id, secret

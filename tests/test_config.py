@@ -316,8 +316,8 @@ def test_the_b2_key_name_is_checked_for_the_running_stack() -> None:
 def test_an_unknown_top_level_key_is_refused_listing_the_known_ones() -> None:
     run = Run()
     with pytest.raises(Exception, match=r"pgbackup:retension: unknown key \(known keys: storage, cluster, schedule, "
-                                        r"retention, pgbackrest, monitoring, drill, sshPrivateKey, cipherPass, accessKeyId, "
-                                        r"secretAccessKey\)"):
+                                        r"retention, pgbackrest, monitoring, drill, offsite, sshPrivateKey, cipherPass, "
+                                        r"accessKeyId, secretAccessKey, offsiteAccessKeyId, offsiteSecretAccessKey\)"):
         run_program(stack_config(retension={"full": 9}), run=run)
     assert run.resources == []
 
