@@ -15,7 +15,7 @@ from typing import Any
 
 import pulumi
 import pulumi.dynamic
-from b2sdk.v2 import B2Api, InMemoryAccountInfo, LifecycleRule
+from b2sdk.v2 import B2Api, BucketRetentionSetting, InMemoryAccountInfo, LifecycleRule, RetentionMode, RetentionPeriod
 from b2sdk.v2.exception import B2Error, DuplicateBucketName
 from pulumi.runtime import rpc
 
@@ -141,9 +141,26 @@ def _former_rule(olds: dict[str, Any]) -> LifecycleRule | None:
     return _rule(prefix if isinstance(prefix, str) else "", int(days))
 
 
-def _bucket_outputs(bucket_id: str, bucket_name: str, prefix: str, days: int | None) -> dict[str, Any]:
-    return {"bucket_id": bucket_id, "bucket_name": bucket_name, "file_name_prefix": prefix,
-            "hidden_file_retention_days": days}
+def _bucket_outputs(bucket_id: str, bucket_name: str, prefix: str, days: int | None, lock_days: int = 0
+                    ) -> dict[str, Any]:
+    outputs: dict[str, Any] = {"bucket_id": bucket_id, "bucket_name": bucket_name, "file_name_prefix": prefix,
+                               "hidden_file_retention_days": days}
+    return outputs | ({"file_lock_days": lock_days} if lock_days else {})
+
+
+def _lock_days(props: dict[str, Any]) -> int:
+    """objectLockDays: 0 (absent) is off."""
+    return int(_plain(props.get("file_lock_days")) or 0)
+
+
+def file_lock(days: int) -> dict[str, Any]:
+    """bucket.update's arguments for B2's file lock: on, with a COMPLIANCE default retention of `days` (nobody,
+    the account included, can delete a locked version or shorten its retention). Never lifted: with `days` 0
+    nothing is changed (a bucket keeps the lock it has)."""
+    if not days:
+        return {}
+    return {"is_file_lock_enabled": True,
+            "default_retention": BucketRetentionSetting(RetentionMode.COMPLIANCE, RetentionPeriod(days=days))}
 
 
 class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
@@ -172,22 +189,26 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         name = str(_plain(props["bucket_name"]))
         prefix = str(_plain(props["file_name_prefix"]))
         days = int(_plain(props["hidden_file_retention_days"]))
+        lock_days = _lock_days(props)
         api = _make_api()
         with _b2_errors(f"lookup of bucket '{name}'"):
             existing = api.list_buckets(bucket_name=name)
         if existing:
             bucket = existing[0]
             rules = _merged_rules(bucket.lifecycle_rules, prefix, days)
-            with _b2_errors(f"update of existing bucket '{name}'"):
-                bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules)
+            # B2 turns file lock on for an existing bucket too (b2_update_bucket fileLockEnabled).
+            with _b2_errors(f"update of existing bucket '{name}' (with objectLockDays: file lock on)"
+                            if lock_days else f"update of existing bucket '{name}'"):
+                bucket.update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules, **file_lock(lock_days))
             pulumi.log.info(
                 f"B2 bucket '{name}' ({bucket.id_}) already exists in this account: adopted it, set it "
                 f"{BUCKET_TYPE} (was {bucket.type_}) and set the lifecycle rule for '{prefix}' "
                 f"(rules were {bucket.lifecycle_rules!r}, now {rules!r})"
             )
-            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days))
+            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days))
         try:
-            bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=[_rule(prefix, days)])
+            bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=[_rule(prefix, days)],
+                                       **({"is_file_lock_enabled": True} if lock_days else {}))
         except DuplicateBucketName as exc:
             raise B2ProviderError(
                 f"B2 creation of bucket '{name}' failed: the name is taken, and not by this account "
@@ -195,8 +216,12 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
             ) from exc
         except B2Error as exc:
             raise B2ProviderError(f"B2 creation of bucket '{name}' failed: {type(exc).__name__}: {exc}") from exc
-        pulumi.log.info(f"B2 bucket '{name}' ({bucket.id_}) created, {BUCKET_TYPE}")
-        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days))
+        if lock_days:
+            with _b2_errors(f"default retention of bucket '{name}'"):
+                bucket.update(**file_lock(lock_days))
+        pulumi.log.info(f"B2 bucket '{name}' ({bucket.id_}) created, {BUCKET_TYPE}"
+                        + (f", file lock: {lock_days} days, compliance" if lock_days else ""))
+        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         replaces = []
@@ -209,14 +234,17 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         )
         old_prefix, new_prefix = _plain(olds.get("file_name_prefix")), _plain(news.get("file_name_prefix"))
         prefix_changed = not (isinstance(new_prefix, str) and old_prefix == new_prefix)
+        lock_changed = _lock_days(olds) != _lock_days(news) if _is_known(news.get("file_lock_days") or 0) else True
         return pulumi.dynamic.DiffResult(
-            changes=bool(replaces) or days_changed or prefix_changed, replaces=replaces, delete_before_replace=False
+            changes=bool(replaces) or days_changed or prefix_changed or lock_changed, replaces=replaces,
+            delete_before_replace=False,
         )
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
         name = str(_plain(news["bucket_name"]))
         prefix = str(_plain(news["file_name_prefix"]))
         days = int(_plain(news["hidden_file_retention_days"]))
+        lock_days = _lock_days(news)
         api = _make_api()
         what = f"update of the lifecycle rules of bucket '{name}' ({id_})"
         with _b2_errors(what):
@@ -224,8 +252,12 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
             if not found:
                 raise B2ProviderError(f"B2 {what} failed: the bucket is gone (run `pulumi refresh`)")
             rules = _merged_rules(found[0].lifecycle_rules, prefix, days, drop=_former_rule(olds))
-            found[0].update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules)
-        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, prefix, days))
+            found[0].update(bucket_type=BUCKET_TYPE, lifecycle_rules=rules, **file_lock(lock_days))
+        if _lock_days(olds) and not lock_days:
+            pulumi.log.info(f"B2 bucket '{name}': objectLockDays is 0 now; its file lock and default retention stay "
+                            "as they are (pgbackup never lifts a lock): change them by hand if new files should not "
+                            "be locked")
+        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, prefix, days, lock_days))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         api = _make_api()
@@ -356,6 +388,8 @@ class B2BucketArgs:
     bucket_name: pulumi.Input[str]
     file_name_prefix: pulumi.Input[str]
     hidden_file_retention_days: pulumi.Input[int] = 30
+    file_lock_days: pulumi.Input[int] = 0
+    """objectLockDays: file lock on, every new version locked that many days (COMPLIANCE); 0: not set."""
 
 
 @dataclass
@@ -386,6 +420,8 @@ class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
             "hidden_file_retention_days": args.hidden_file_retention_days,
             "bucket_id": None,
         }
+        if args.file_lock_days:  # absent when 0: the bucket's inputs are unchanged for a stack without a lock
+            props["file_lock_days"] = args.file_lock_days
         super().__init__(_B2BucketProvider(), resource_name, props, opts)
 
 

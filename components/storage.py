@@ -22,6 +22,7 @@ import pulumi_random as random
 
 from components.b2 import B2ApplicationKey, B2ApplicationKeyArgs, B2Bucket, B2BucketArgs
 from components.config import StorageConfig, generation_suffix
+from components.objectlock import ObjectLock, ObjectLockArgs
 from components.providers import PROVIDERS
 
 # What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
@@ -53,6 +54,12 @@ S3_DENIED_ACTIONS = [
     "s3:PutBucketVersioning",
     "s3:PutLifecycleConfiguration",
     "s3:BypassGovernanceRetention",
+    # Object Lock (objectLockDays): the key can neither lift a lock nor set one. Compliance mode cannot be
+    # shortened by anyone, but a key allowed s3:PutObjectRetention could lock versions for years (a bill nobody can
+    # stop) and, on a bucket in governance mode, shorten them; PutObject with a lock header needs it too.
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:PutBucketObjectLockConfiguration",
 ]
 
 
@@ -85,6 +92,22 @@ def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
     }
 
 
+def object_lock(parent: BackupRepository, name: str, storage: StorageConfig, setting: str, *,
+                depends_on: list[pulumi.Resource], key: Credentials | None = None) -> ObjectLock:
+    """The bucket's Object Lock default retention: set with the administrator's key (`key` None), or checked with
+    the repository's key (`storage.create` false)."""
+    assert storage.endpoint is not None
+    assert storage.region is not None
+    return ObjectLock(
+        f"{name}-object-lock",
+        ObjectLockArgs(setting=setting, provider=storage.provider, bucket=storage.bucket, endpoint=storage.endpoint,
+                       region=storage.region, path_style=storage.uri_style == "path", verify_tls=storage.verify_tls,
+                       ca_cert=storage.ca_cert, days=storage.object_lock_days, manage=key is None,
+                       key_id=key.access_key_id if key else None, secret=key.secret_access_key if key else None),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
+    )
+
+
 def lifecycle_rule_id(storage: StorageConfig) -> str:
     """The id of the one lifecycle rule the program sets on an S3-compatible bucket."""
     return f"pgbackup-{storage.key_prefix}"
@@ -96,14 +119,15 @@ class Credentials:
     secret_access_key: pulumi.Output[str]
 
 
-Backend = Callable[["BackupRepository", str, StorageConfig, str], Credentials]
+Backend = Callable[["BackupRepository", str, StorageConfig, str, str], Credentials]
 
 
-def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str, setting: str) -> Credentials:
     bucket = B2Bucket(
         f"{name}-bucket",
         B2BucketArgs(bucket_name=storage.bucket, file_name_prefix=f"{storage.key_prefix}/",
-                     hidden_file_retention_days=storage.noncurrent_version_days),
+                     hidden_file_retention_days=storage.noncurrent_version_days,
+                     **({"file_lock_days": storage.object_lock_days} if storage.object_lock_days else {})),
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=False),
     )
     gen = generation_suffix(storage.key_generation)
@@ -116,7 +140,8 @@ def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: s
     return Credentials(key.application_key_id, key.application_key)
 
 
-def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str, setting: str
+                    ) -> Credentials:
     """Wasabi and generic S3 (AWS, Ceph RGW, ...): pulumi-aws pointed at the provider's endpoints."""
     s3_url = f"https://{storage.endpoint}"
     iam_url, iam_region = PROVIDERS[storage.provider].iam or (s3_url, storage.region or "us-east-1")
@@ -137,11 +162,15 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
 
     s3 = provider("s3", storage.region, aws.ProviderEndpointArgs(s3=s3_url, sts=s3_url))
     iam = provider("iam", iam_region, aws.ProviderEndpointArgs(iam=iam_url, sts=iam_url))
+    # Object Lock is asked for when the bucket is created; an existing bucket is never replaced for it
+    # (ignore_changes): the ObjectLock resource then names the key and what to do.
     bucket = aws.s3.Bucket(
         f"{name}-bucket",
         bucket=storage.bucket,
         force_destroy=False,
-        opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True),
+        object_lock_enabled=True if storage.object_lock_days else None,
+        opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True,
+                                    ignore_changes=["objectLockEnabled"]),
     )
     versioning = aws.s3.BucketVersioning(
         f"{name}-versioning",
@@ -168,6 +197,8 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
         ],
         opts=pulumi.ResourceOptions(parent=parent, provider=s3, retain_on_delete=True, depends_on=[versioning]),
     )
+    if storage.object_lock_days:
+        object_lock(parent, name, storage, setting, depends_on=[versioning])
     user = aws.iam.User(f"{name}-user", name=key_name, opts=pulumi.ResourceOptions(parent=parent, provider=iam))
     aws.iam.UserPolicy(
         f"{name}-policy",
@@ -180,7 +211,7 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
     return Credentials(key.id, key.secret)
 
 
-def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str) -> Credentials:
+def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str, setting: str) -> Credentials:
     """Self-hosted MinIO: its own provider; admin credentials from MINIO_USER / MINIO_PASSWORD."""
     provider = minio.Provider(
         f"{name}-minio",
@@ -195,7 +226,9 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
         bucket=storage.bucket,
         acl="private",
         force_destroy=False,
-        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True),
+        object_locking=True if storage.object_lock_days else None,
+        opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True,
+                                    ignore_changes=["objectLocking"]),
     )
     versioning = minio.S3BucketVersioning(
         f"{name}-versioning",
@@ -219,6 +252,8 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
         ],
         opts=pulumi.ResourceOptions(parent=parent, provider=provider, retain_on_delete=True, depends_on=[versioning]),
     )
+    if storage.object_lock_days:
+        object_lock(parent, name, storage, setting, depends_on=[versioning])
     # MinIO's key is a user: a new generation is a new user (and secret), attached to the same policy.
     gen = generation_suffix(storage.key_generation)
     password = random.RandomPassword(
@@ -258,6 +293,8 @@ class BackupRepositoryArgs:
     """With `storage.create` false: the existing key's id (secret config)."""
     secret_access_key: pulumi.Input[str] | None = None
     """With `storage.create` false: the existing key's secret (secret config)."""
+    setting: str = "pgbackup:storage"
+    """The configuration object `storage` comes from, for errors (pgbackup:offsite for the second location)."""
 
 
 class BackupRepository(pulumi.ComponentResource):
@@ -272,12 +309,14 @@ class BackupRepository(pulumi.ComponentResource):
         super().__init__("pgbackup:storage:BackupRepository", name, None, opts)
         storage = args.storage
         if storage.create:
-            credentials = _BACKENDS[storage.provider](self, name, storage, args.key_name)
+            credentials = _BACKENDS[storage.provider](self, name, storage, args.key_name, args.setting)
         else:
             assert args.access_key_id is not None
             assert args.secret_access_key is not None
             credentials = Credentials(pulumi.Output.from_input(args.access_key_id),
                                       pulumi.Output.from_input(args.secret_access_key))
+            if storage.object_lock_days:
+                object_lock(self, name, storage, args.setting, depends_on=[], key=credentials)
         self.bucket = pulumi.Output.from_input(storage.bucket)
         self.endpoint = pulumi.Output.from_input(storage.endpoint or "")
         self.access_key_id = credentials.access_key_id

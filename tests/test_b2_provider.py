@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import pickle
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi.dynamic
 import pytest
-from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
-from b2sdk.v2.exception import B2Error, Unauthorized
+from b2sdk.v2 import B2Api, B2HttpApiConfig, FileRetentionSetting, InMemoryAccountInfo, RawSimulator, RetentionMode
+from b2sdk.v2.exception import AccessDenied, B2Error, Unauthorized
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.output import Unknown
 from pulumi.runtime import mocks as pulumi_mocks
@@ -556,3 +557,76 @@ def test_resources_mark_application_key_secret(monitor: _EngineLikeMonitor) -> N
         "repo-bucket": "pulumi-python:dynamic/b2:Bucket",
         "repo-key": "pulumi-python:dynamic/b2:ApplicationKey",
     }
+
+
+# --- file lock (objectLockDays) -------------------------------------------------------------------
+
+
+def test_bucket_create_with_file_lock_days_turns_file_lock_on_in_compliance_mode(sim: Sim, logs: list[str]) -> None:
+    result = b2._B2BucketProvider().create({**_bucket_props(), "file_lock_days": 14.0})
+
+    bucket = sim.bucket(result.id)
+    assert bucket.is_file_lock_enabled is True
+    assert bucket.default_retention.as_dict() == {"mode": "compliance", "period": {"duration": 14, "unit": "days"}}
+    assert (result.outs or {})["file_lock_days"] == 14
+    assert any("file lock: 14 days, compliance" in m for m in logs)
+
+
+def test_bucket_without_file_lock_days_is_created_as_before(sim: Sim) -> None:
+    result = b2._B2BucketProvider().create(_bucket_props())
+    assert not sim.bucket(result.id).is_file_lock_enabled
+    assert "file_lock_days" not in (result.outs or {})
+
+
+def test_an_adopted_bucket_gets_file_lock_and_keeps_its_files(sim: Sim) -> None:
+    existing = sim.admin.create_bucket("pg-backups-old", "allPrivate")
+    existing.upload_bytes(b"base backup", "pgbackrest/backup/db/backup.info")
+
+    b2._B2BucketProvider().create({**_bucket_props("pg-backups-old"), "file_lock_days": 7.0})
+
+    bucket = sim.bucket(existing.id_)
+    assert bucket.is_file_lock_enabled is True
+    assert bucket.default_retention.as_dict()["period"] == {"duration": 7, "unit": "days"}
+    assert [f.file_name for f, _ in bucket.ls("pgbackrest/", recursive=True)] == ["pgbackrest/backup/db/backup.info"]
+
+
+def test_bucket_diff_and_update_of_file_lock_days(sim: Sim, logs: list[str]) -> None:
+    provider = b2._B2BucketProvider()
+    created = provider.create(_bucket_props())
+    outs = created.outs or {}
+    assert provider.diff(created.id, outs, _bucket_props()).changes is False  # a stack without a lock
+    locked = {**_bucket_props(), "file_lock_days": 10.0}
+    assert provider.diff(created.id, outs, locked).changes is True
+
+    updated = provider.update(created.id, outs, locked)
+
+    assert sim.bucket(created.id).default_retention.as_dict()["period"] == {"duration": 10, "unit": "days"}
+    provider.update(created.id, updated.outs or {}, _bucket_props())  # back to 0: the lock stays, said so
+    assert sim.bucket(created.id).is_file_lock_enabled is True
+    assert sim.bucket(created.id).default_retention.as_dict()["period"] == {"duration": 10, "unit": "days"}
+    assert any("pgbackup never lifts a lock" in m for m in logs)
+
+
+@pytest.mark.parametrize("capability", ["writeFileRetentions", "writeFileLegalHolds", "writeBucketRetentions",
+                                        "bypassGovernance"])
+def test_key_check_refuses_every_capability_that_changes_a_lock(capability: str) -> None:
+    (failure,) = b2._B2ApplicationKeyProvider().check(
+        {}, _key_props("b1", capabilities=[*PGBACKREST_CAPS, capability])).failures
+    assert failure.property == "capabilities"
+    assert f"refused: {capability}" in failure.reason
+
+
+def test_a_locked_version_cannot_be_removed_even_by_the_master_key(sim: Sim) -> None:
+    """A COMPLIANCE-locked version refuses b2_delete_file_version from every key, the account's master key
+    included. b2sdk's simulator does not apply a bucket's default retention to an upload: the upload carries the
+    retention B2 gives it from the default."""
+    result = b2._B2BucketProvider().create({**_bucket_props(), "file_lock_days": 14.0})
+    bucket = sim.bucket(result.id)
+    name = "pgbackrest/archive/db/000000010000000000000001"
+    until = int((time.time() + 14 * 86400) * 1000)
+    uploaded = bucket.upload_bytes(b"wal", name, file_retention=FileRetentionSetting(RetentionMode.COMPLIANCE, until))
+    with pytest.raises(AccessDenied):
+        sim.admin.delete_file_version(uploaded.id_, name)
+    assert [v.action for v in bucket.list_file_versions(name)] == ["upload"]
+    unlocked = bucket.upload_bytes(b"wal", f"{name}.partial")  # the refusal above is the lock's
+    sim.admin.delete_file_version(unlocked.id_, f"{name}.partial")

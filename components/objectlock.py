@@ -1,0 +1,232 @@
+"""Object Lock on an S3-compatible bucket (S3, Wasabi, MinIO; B2's file lock is in components/b2.py), as a Pulumi
+dynamic resource on boto3.
+
+Two uses, one provider:
+- `manage` (a bucket the program created): with the administrator's key, read at call time from the
+  environment (AWS_* for s3 and wasabi, MINIO_* for minio; never an input, never in the state), check that the
+  bucket has Object Lock, then set its default retention: COMPLIANCE mode, `days`. A bucket created before
+  objectLockDays was set has no Object Lock; most providers turn it on only when a bucket is created, so the
+  error names the key and what to do instead of leaving the repository unprotected.
+- check only (`storage.create: false`): with the repository's own key, check that versioning is on, Object Lock
+  is on and the default retention locks new versions at least `days`. Any of them off is an error (the stack
+  asked for a repository a stolen key cannot destroy; deploying without it would pretend otherwise); a key not
+  allowed to read those settings is a warning (nothing is known to be wrong, and pgBackRest needs no such
+  permission).
+
+The resource never removes a lock or a default retention: on delete the bucket keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pulumi
+import pulumi.dynamic
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from pulumi.runtime import rpc
+
+MODE = "COMPLIANCE"
+"""Nobody, the account's root included, can delete a locked version or shorten its lock (README: "What the node's
+key can and cannot do" says why compliance, not governance)."""
+
+_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+ADMIN_ENV = {"s3": _AWS, "wasabi": _AWS, "minio": ("MINIO_USER", "MINIO_PASSWORD")}
+
+# What a bucket without an Object Lock configuration answers (S3 and moto; MinIO's name in its docs).
+_NO_LOCK = {"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration", "InvalidRequest"}
+
+
+class ObjectLockError(RuntimeError):
+    """The bucket is not protected as configured. The message names the key and what to do."""
+
+
+def _plain(value: Any) -> Any:
+    return rpc.unwrap_rpc_secret(value)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the bucket is and whose key asks (plain values; built from the resource's properties)."""
+
+    setting: str
+    provider: str
+    bucket: str
+    endpoint: str
+    region: str
+    path_style: bool
+    verify_tls: bool
+    ca_cert: str | None
+    days: int
+    manage: bool
+    key_id: str | None
+    secret: str | None
+
+    @classmethod
+    def of(cls, props: dict[str, Any]) -> Target:
+        value = {name: _plain(props.get(name)) for name in cls.__dataclass_fields__}
+        value["days"] = int(value["days"])
+        return cls(**value)
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}.objectLockDays"
+
+
+def _credentials(target: Target) -> tuple[str, str]:
+    if not target.manage:
+        assert target.key_id is not None
+        assert target.secret is not None
+        return target.key_id, target.secret
+    id_name, secret_name = ADMIN_ENV[target.provider]
+    key_id, secret = os.environ.get(id_name, "").strip(), os.environ.get(secret_name, "").strip()
+    if not key_id or not secret:
+        raise ObjectLockError(f"{target.key}: setting the default retention of bucket '{target.bucket}' needs the "
+                              f"administrator's key in {id_name} and {secret_name} (the environment of `pulumi`)")
+    return key_id, secret
+
+
+@contextmanager
+def client(target: Target) -> Iterator[Any]:
+    """An S3 client on the bucket's endpoint (its private CA trusted, if any). Module-level so tests can replace it."""
+    key_id, secret = _credentials(target)
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+        verify: bool | str = target.verify_tls
+        if target.verify_tls and target.ca_cert:
+            ca.write(target.ca_cert)
+            ca.flush()
+            verify = ca.name
+        yield boto3.client(
+            "s3", endpoint_url=f"https://{target.endpoint}", region_name=target.region, aws_access_key_id=key_id,
+            aws_secret_access_key=secret, verify=verify,
+            config=BotoConfig(s3={"addressing_style": "path" if target.path_style else "virtual"},
+                              retries={"max_attempts": 3}))
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class Found:
+    versioning: str
+    lock_enabled: bool
+    mode: str | None
+    days: int | None
+
+
+def read_protection(s3: Any, bucket: str) -> Found:
+    """The bucket's versioning status and Object Lock configuration (ClientError when the key may not read them)."""
+    versioning = str(s3.get_bucket_versioning(Bucket=bucket).get("Status") or "off")
+    try:
+        config = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    except ClientError as err:
+        if _code(err) not in _NO_LOCK:
+            raise
+        return Found(versioning, False, None, None)
+    retention = config.get("Rule", {}).get("DefaultRetention", {})
+    days = retention.get("Days") or (retention["Years"] * 365 if retention.get("Years") else None)
+    return Found(versioning, config.get("ObjectLockEnabled") == "Enabled", retention.get("Mode"), days)
+
+
+def _not_locked(target: Target) -> str:
+    return (f"{target.key}: bucket '{target.bucket}' has no Object Lock: it was created without it, and "
+            f"{target.provider} turns Object Lock on only when a bucket is created (AWS S3 also for an existing "
+            "versioned bucket: `aws s3api put-object-lock-configuration --bucket "
+            f"{target.bucket} --object-lock-configuration ObjectLockEnabled=Enabled`, then `pulumi up` again). "
+            f"Otherwise set {target.setting}.bucket to a new bucket, which pgbackup creates with Object Lock (a new "
+            "repository: take its first full backup; the old bucket keeps its backups), or set objectLockDays to 0")
+
+
+def apply(target: Target) -> None:
+    """Set (manage) or check the bucket's protection; raises ObjectLockError naming the key."""
+    try:
+        with client(target) as s3:
+            found = read_protection(s3, target.bucket)
+            if target.manage:
+                if not found.lock_enabled:
+                    raise ObjectLockError(_not_locked(target))
+                s3.put_object_lock_configuration(Bucket=target.bucket, ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": MODE, "Days": target.days}}})
+                pulumi.log.info(f"bucket '{target.bucket}': new versions locked {target.days} days ({MODE})")
+                return
+    except ClientError as err:
+        if target.manage or _code(err) not in {"AccessDenied", "403"}:
+            raise ObjectLockError(f"{target.key}: bucket '{target.bucket}': {_code(err)}: {err}") from err
+        pulumi.log.warn(
+            f"{target.key}: could not check that bucket '{target.bucket}' has versioning and Object Lock: the key in "
+            f"pgbackup:{'offsiteAccessKeyId' if target.setting.endswith('offsite') else 'accessKeyId'} may not read "
+            f"them ({_code(err)}). Grant it s3:GetBucketVersioning and s3:GetBucketObjectLockConfiguration on the "
+            "bucket (read-only) to have every `pulumi up` check them, or check them yourself")
+        return
+    except BotoCoreError as err:
+        raise ObjectLockError(f"{target.key}: bucket '{target.bucket}': {err}") from err
+    missing = []
+    if found.versioning != "Enabled":
+        missing.append(f"versioning is {found.versioning}")
+    if not found.lock_enabled:
+        missing.append("Object Lock is off")
+    elif found.mode is None or (found.days or 0) < target.days:
+        missing.append(f"the default retention is {found.mode or 'none'} {found.days or 0} days, not at least "
+                       f"{target.days}")
+    if missing:
+        raise ObjectLockError(
+            f"{target.key}: bucket '{target.bucket}' (create: false) is not protected as configured: "
+            f"{'; '.join(missing)}. Turn them on (a default retention of {target.days} days or more, COMPLIANCE or "
+            "GOVERNANCE), use a bucket that has them, or set objectLockDays to 0")
+
+
+_INPUTS = tuple(Target.__dataclass_fields__)
+
+
+class _ObjectLockProvider(pulumi.dynamic.ResourceProvider):
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        target = Target.of(props)
+        apply(target)
+        return pulumi.dynamic.CreateResult(f"{target.bucket}-object-lock", props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        changed = [name for name in _INPUTS if _plain(olds.get(name)) != _plain(news.get(name))]
+        return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        apply(Target.of(news))
+        return pulumi.dynamic.UpdateResult(news)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        pulumi.log.info(f"bucket '{_plain(props.get('bucket'))}': its Object Lock and default retention stay "
+                        "(locked versions stay locked); only the Pulumi state forgets them")
+
+
+@dataclass
+class ObjectLockArgs:
+    setting: str
+    """The configuration object, for errors: pgbackup:storage or pgbackup:offsite."""
+    provider: str
+    bucket: pulumi.Input[str]
+    endpoint: str
+    region: str
+    path_style: bool
+    verify_tls: bool
+    ca_cert: str | None
+    days: int
+    manage: bool
+    key_id: pulumi.Input[str] | None = None
+    secret: pulumi.Input[str] | None = None
+
+
+class ObjectLock(pulumi.dynamic.Resource, module="s3", name="ObjectLock"):
+    """The bucket's Object Lock default retention, set (manage) or checked."""
+
+    def __init__(self, resource_name: str, args: ObjectLockArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {name: getattr(args, name) for name in _INPUTS}
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["key_id",
+                                                                                                    "secret"]))
+        super().__init__(_ObjectLockProvider(), resource_name, props, opts)
