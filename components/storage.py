@@ -54,18 +54,22 @@ S3_DENIED_ACTIONS = [
     "s3:PutBucketVersioning",
     "s3:PutLifecycleConfiguration",
     "s3:BypassGovernanceRetention",
-    # Object Lock (objectLockDays): the key can neither lift a lock nor set one. Compliance mode cannot be
-    # shortened by anyone, but a key allowed s3:PutObjectRetention could lock versions for years (a bill nobody can
-    # stop) and, on a bucket in governance mode, shorten them; PutObject with a lock header needs it too.
+]
+
+# With Object Lock (objectLockDays), also denied: the key can neither lift a lock nor set one. Compliance mode cannot
+# be shortened by anyone, but a key allowed s3:PutObjectRetention could lock versions for years (a bill nobody can
+# stop) and, in governance mode, shorten them; PutObject with lock headers needs it too. (Without a lock these calls
+# fail anyway, and the policy of an existing stack stays as it was.)
+S3_LOCK_DENIED_ACTIONS = [
     "s3:PutObjectRetention",
     "s3:PutObjectLegalHold",
     "s3:PutBucketObjectLockConfiguration",
 ]
 
 
-def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
+def repository_policy(bucket: str, prefix: str, object_lock: bool = False) -> dict[str, object]:
     """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`, and denying
-    every way to remove a version for good."""
+    every way to remove a version for good (and, with `object_lock`, to change a lock)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -85,7 +89,7 @@ def repository_policy(bucket: str, prefix: str) -> dict[str, object]:
             {
                 "Sid": "NeverRemoveVersions",
                 "Effect": "Deny",
-                "Action": S3_DENIED_ACTIONS,
+                "Action": S3_DENIED_ACTIONS + (S3_LOCK_DENIED_ACTIONS if object_lock else []),
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             },
         ],
@@ -203,7 +207,8 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
     aws.iam.UserPolicy(
         f"{name}-policy",
         user=user.name,
-        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix), sort_keys=True),
+        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix, bool(storage.object_lock_days)),
+                          sort_keys=True),
         opts=pulumi.ResourceOptions(parent=parent, provider=iam),
     )
     key = aws.iam.AccessKey(f"{name}-key{generation_suffix(storage.key_generation)}", user=user.name,
@@ -268,7 +273,8 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
     policy = minio.IamPolicy(
         f"{name}-policy",
         name=key_name,
-        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix), sort_keys=True),
+        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix, bool(storage.object_lock_days)),
+                          sort_keys=True),
         opts=pulumi.ResourceOptions(parent=parent, provider=provider),
     )
     minio.IamUserPolicyAttachment(

@@ -41,7 +41,7 @@ def locked_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
             "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": DAYS}}})
         iam = _client("iam")
         admin = _user(iam, "admin", ADMIN_POLICY)
-        node = _user(iam, "pgbackrest", repository_policy(BUCKET, PREFIX))
+        node = _user(iam, "pgbackrest", repository_policy(BUCKET, PREFIX, object_lock=True))
         assert ActionAuthenticatorMixin.request_count == 8
         yield admin, node
 
@@ -91,10 +91,16 @@ def test_the_node_key_cannot_remove_a_locked_version_nor_change_the_lock(locked_
 def test_the_policy_denies_every_change_of_a_lock(action: str) -> None:
     """moto's own IAM evaluator on pgbackup's policy: an explicit Deny (no Allow added later can lift it) on the
     repository's objects and the bucket."""
-    policy = IAMPolicy(json.dumps(repository_policy(BUCKET, PREFIX)))
+    policy = IAMPolicy(json.dumps(repository_policy(BUCKET, PREFIX, object_lock=True)))
     for resource in (f"arn:aws:s3:::{BUCKET}/{WAL}", f"arn:aws:s3:::{BUCKET}"):
         assert policy.is_action_permitted(action, resource) == PermissionResult.DENIED
     assert policy.is_action_permitted("s3:PutObject", f"arn:aws:s3:::{BUCKET}/{WAL}") == PermissionResult.PERMITTED
+
+
+def test_without_object_lock_the_policy_is_as_before() -> None:
+    assert repository_policy(BUCKET, PREFIX)["Statement"][2]["Action"] == [  # type: ignore[index]
+        "s3:DeleteObjectVersion", "s3:DeleteObjectVersionTagging", "s3:PutBucketVersioning",
+        "s3:PutLifecycleConfiguration", "s3:BypassGovernanceRetention"]
 
 
 def test_the_lock_refuses_even_the_administrator(locked_s3: tuple[Any, Any]) -> None:
@@ -190,7 +196,7 @@ def test_check_with_a_key_that_may_not_read_the_settings_warns(monkeypatch: pyte
     monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
     with mock_aws():
         _client("s3").create_bucket(Bucket=BUCKET)
-        node = _user(_client("iam"), "pgbackrest", repository_policy(BUCKET, PREFIX))
+        node = _user(_client("iam"), "pgbackrest", repository_policy(BUCKET, PREFIX, object_lock=True))
 
         @contextmanager
         def client(_target: Target) -> Iterator[Any]:
