@@ -32,6 +32,9 @@ class BackupClusterArgs:
     access_key_id: pulumi.Output[str]
     """The repository key pgBackRest uses (from BackupRepository)."""
     secret_access_key: pulumi.Output[str]
+    offsite_access_key_id: pulumi.Output[str] | None = None
+    """repo2's key, with pgbackup:offsite (from the second BackupRepository)."""
+    offsite_secret_access_key: pulumi.Output[str] | None = None
 
 
 class BackupCluster(pulumi.ComponentResource):
@@ -61,7 +64,8 @@ class BackupCluster(pulumi.ComponentResource):
             generated = random.RandomPassword(f"{name}-cipher-pass", length=64, special=False, opts=child)
             cipher_pass = pulumi.Output.secret(generated.result)
         self.cipher_pass = cipher_pass
-        secrets = RepositorySecrets(args.access_key_id, args.secret_access_key, cipher_pass)
+        secrets = RepositorySecrets(args.access_key_id, args.secret_access_key, cipher_pass,
+                                    args.offsite_access_key_id, args.offsite_secret_access_key)
 
         pki = None
         if settings.pgbackrest.backup_standby:

@@ -711,9 +711,10 @@ def is_secret_key(key: str) -> bool:
     return pulumi.runtime.config.is_config_secret(name) or name in pulumi.runtime.config.get_config_secret_keys_env()
 
 
-def repository_key_name(stack: str, stanza: str) -> str:
-    """The name of the repository's storage key (B2 application key, IAM or MinIO user)."""
-    return f"pgbackup-{stack}-{stanza}"
+def repository_key_name(stack: str, stanza: str, offsite: bool = False) -> str:
+    """The name of the repository's storage key (B2 application key, IAM or MinIO user); `offsite`: repo2's key at
+    pgbackup:offsite."""
+    return f"pgbackup-{stack}-{stanza}" + ("-offsite" if offsite else "")
 
 
 def generation_suffix(generation: int) -> str:
@@ -740,8 +741,8 @@ def _check_host_keys(cluster: ClusterConfig) -> None:
             for i in missing))
 
 
-def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str) -> None:
-    name = repository_key_name(stack, cluster.stanza) + generation_suffix(storage.key_generation)
+def _check_key_name(storage: StorageConfig, cluster: ClusterConfig, stack: str, offsite: bool = False) -> None:
+    name = repository_key_name(stack, cluster.stanza, offsite) + generation_suffix(storage.key_generation)
     # B2's rule for key names (components/b2.py refuses others when the key is created), checked here so that
     # a stanza the name cannot take is reported under pgbackup:cluster.stanza.
     if storage.provider == "b2" and not B2_KEY_NAME.fullmatch(name):
@@ -764,6 +765,9 @@ def parse_settings(raw: Mapping[str, Any], stack: str | None = None) -> tuple[
     _check_host_keys(cluster)
     if stack is not None:
         _check_key_name(storage, cluster, stack)
+        offsite = parse_offsite(raw, retention)
+        if offsite is not None:
+            _check_key_name(offsite, cluster, stack, offsite=True)
     if pgbackrest.backup_standby and len(cluster.nodes) < 2:
         raise ConfigError(
             f"{NAMESPACE}:pgbackrest.backupStandby: needs at least two nodes in pgbackup:cluster.nodes "

@@ -35,25 +35,47 @@ class Repository:
     retention_full: int
     retention_full_type: str
     retention_archive: int
+    storage: StorageConfig
+    """Where it lives: pgbackup:storage, or pgbackup:offsite for repo2 when that is set."""
+    offsite: bool = False
+    """It lives at pgbackup:offsite, with that location's own key and CA file."""
+
+    @property
+    def setting(self) -> str:
+        return "offsite" if self.offsite else "storage"
+
+    @property
+    def ca_file(self) -> str:
+        """The file of its endpoint's private CA on the nodes ("" without one)."""
+        if not self.storage.ca_cert:
+            return ""
+        return PATHS.offsite_ca if self.offsite else PATHS.storage_ca
 
 
 def repositories(settings: Settings) -> tuple[Repository, ...]:
     """pgBackRest's repositories: repo1 (weekly fulls, incrementals, continuous WAL) and, with
-    retention.monthly, repo2 (monthly fulls; continuous WAL only from its newest full on)."""
-    repos = [Repository(1, settings.storage.repo_path, settings.retention.full, settings.retention.full_type, 0)]
+    retention.monthly, repo2 (monthly fulls; continuous WAL only from its newest full on), nested in repo1's
+    bucket or at pgbackup:offsite."""
+    repos = [Repository(1, settings.storage.repo_path, settings.retention.full, settings.retention.full_type, 0,
+                        settings.storage)]
     if settings.retention.monthly:
-        repos.append(Repository(2, settings.storage.monthly_repo_path, settings.retention.monthly, "count", 1))
+        monthly = settings.monthly_storage
+        repos.append(Repository(2, monthly.monthly_repo_path, settings.retention.monthly, "count", 1, monthly,
+                                offsite=settings.offsite is not None))
     return tuple(repos)
 
 
 def repository_prices(settings: Settings) -> dict[int, tuple[str, Price]]:
-    """Each repository's provider and storage price (pgbackup:storage.pricePerTbMonth, or the provider's list
-    price): what the storageCost output multiplies its bytes by."""
-    storage = settings.storage
-    price = PROVIDERS[storage.provider].price
-    if storage.price_per_tb_month is not None:
-        price = Price(storage.price_per_tb_month, "configured (pgbackup:storage.pricePerTbMonth)")
-    return {repo.index: (storage.provider, price) for repo in repositories(settings)}
+    """Each repository's provider and storage price (pgbackup:<storage or offsite>.pricePerTbMonth, or the
+    provider's list price): what the storageCost output multiplies its bytes by."""
+    prices: dict[int, tuple[str, Price]] = {}
+    for repo in repositories(settings):
+        storage = repo.storage
+        price = PROVIDERS[storage.provider].price
+        if storage.price_per_tb_month is not None:
+            price = Price(storage.price_per_tb_month, f"configured (pgbackup:{repo.setting}.pricePerTbMonth)")
+        prices[repo.index] = (storage.provider, price)
+    return prices
 
 
 def primary_url(settings: Settings, node: NodeConfig) -> str:
@@ -175,6 +197,9 @@ class RepositorySecretValues:
     access_key_id: str
     secret_access_key: str
     cipher_pass: str
+    offsite_access_key_id: str = ""
+    """repo2's key when it lives at pgbackup:offsite."""
+    offsite_secret_access_key: str = ""
 
 
 @dataclass(frozen=True)

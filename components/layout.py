@@ -10,6 +10,7 @@ class Paths:
     config_dir: str = "/etc/pgbackrest"
     config: str = "/etc/pgbackrest/pgbackrest.conf"
     storage_ca: str = "/etc/pgbackrest/storage-ca.pem"
+    offsite_ca: str = "/etc/pgbackrest/offsite-ca.pem"
     tls_dir: str = "/etc/pgbackrest/tls"
     tls_ca: str = "/etc/pgbackrest/tls/ca.pem"
     tls_cert: str = "/etc/pgbackrest/tls/node.crt"

@@ -22,6 +22,9 @@ class RepositorySecrets:
     access_key_id: pulumi.Output[str]
     secret_access_key: pulumi.Output[str]
     cipher_pass: pulumi.Output[str]
+    offsite_access_key_id: pulumi.Output[str] | None = None
+    """repo2's key, with pgbackup:offsite."""
+    offsite_secret_access_key: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class NodeTls:
 def render_config(plan: NodePlan, secrets: RepositorySecrets) -> pulumi.Output[str]:
     """This node's pgbackrest.conf. Secret: it holds the S3 key and the cipher passphrase."""
     return pulumi.Output.secret(
-        pulumi.Output.all(secrets.access_key_id, secrets.secret_access_key, secrets.cipher_pass).apply(
+        pulumi.Output.all(secrets.access_key_id, secrets.secret_access_key, secrets.cipher_pass,
+                          secrets.offsite_access_key_id or "", secrets.offsite_secret_access_key or "").apply(
             lambda values: plan.render_config(RepositorySecretValues(*values)))
     )
 

@@ -255,6 +255,8 @@ def plan_node(settings: Settings, node: NodeConfig) -> NodePlan:
     files = [PlannedFile(PATHS.config, "0640", "root", "postgres", Source.CONFIG, secret=True, actions=both)]
     if settings.storage.ca_cert:
         files.append(PlannedFile(PATHS.storage_ca, "0644", "root", "root", settings.storage.ca_cert, actions=both))
+    if settings.offsite is not None and settings.offsite.ca_cert:
+        files.append(PlannedFile(PATHS.offsite_ca, "0644", "root", "root", settings.offsite.ca_cert, actions=both))
     if tls_server:
         files += [
             PlannedFile(PATHS.tls_ca, "0644", "root", "root", Source.TLS_CA, actions=(TLS_RESTART,)),

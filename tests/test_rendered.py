@@ -36,6 +36,10 @@ VARIANTS = {
         pgbackrest={"compressType": "lz4", "compressLevel": 1, "processMax": 2, "archiveAsync": False},
     ),
     "s3-monthly-archives": stack_config(retention={"full": 4, "monthly": 12}),
+    "s3-offsite-minio-ca": stack_config(
+        retention={"full": 4, "monthly": 12},
+        offsite={"provider": "minio", "endpoint": "offsite.lan:9443", "bucket": "pg-offsite", "repoPath": "/archives",
+                 "caCert": (Path(__file__).parent / "data" / "storage-ca.pem").read_text()}),
 }
 
 
