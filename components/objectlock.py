@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -79,13 +79,13 @@ class Target:
         return f"{self.setting}.objectLockDays"
 
 
-def _credentials(target: Target) -> tuple[str, str]:
+def _credentials(target: Target, environ: Mapping[str, str]) -> tuple[str, str]:
     if not target.manage:
         assert target.key_id is not None
         assert target.secret is not None
         return target.key_id, target.secret
     id_name, secret_name = ADMIN_ENV[target.provider]
-    key_id, secret = os.environ.get(id_name, "").strip(), os.environ.get(secret_name, "").strip()
+    key_id, secret = environ.get(id_name, "").strip(), environ.get(secret_name, "").strip()
     if not key_id or not secret:
         raise ObjectLockError(f"{target.key}: setting the default retention of bucket '{target.bucket}' needs the "
                               f"administrator's key in {id_name} and {secret_name} (the environment of `pulumi`)")
@@ -93,9 +93,10 @@ def _credentials(target: Target) -> tuple[str, str]:
 
 
 @contextmanager
-def client(target: Target) -> Iterator[Any]:
-    """An S3 client on the bucket's endpoint (its private CA trusted, if any). Module-level so tests can replace it."""
-    key_id, secret = _credentials(target)
+def client(target: Target, environ: Mapping[str, str]) -> Iterator[Any]:
+    """An S3 client on the bucket's endpoint (its private CA trusted, if any), the administrator's key read from
+    `environ`. Module-level so tests can replace it."""
+    key_id, secret = _credentials(target, environ)
     with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
         verify: bool | str = target.verify_tls
         if target.verify_tls and target.ca_cert:
@@ -144,10 +145,11 @@ def _not_locked(target: Target) -> str:
             "repository: take its first full backup; the old bucket keeps its backups), or set objectLockDays to 0")
 
 
-def apply(target: Target) -> None:
-    """Set (manage) or check the bucket's protection; raises ObjectLockError naming the key."""
+def apply(target: Target, environ: Mapping[str, str] | None = None) -> None:
+    """Set (manage) or check the bucket's protection; raises ObjectLockError naming the key. The administrator's
+    key comes from `environ` (the process's environment: that of `pulumi up`)."""
     try:
-        with client(target) as s3:
+        with client(target, os.environ if environ is None else environ) as s3:
             found = read_protection(s3, target.bucket)
             if target.manage:
                 if not found.lock_enabled:

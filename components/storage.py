@@ -76,7 +76,9 @@ def repository_policy(bucket: str, prefix: str, object_lock: bool = False) -> di
             {
                 "Sid": "ListRepository",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
+                # With a lock, also the versions under the prefix: pgBackRest's repo-target-time lists them
+                # (ListObjectVersions) to read the repository as it was before a deletion.
+                "Action": ["s3:ListBucket", "s3:ListBucketVersions"] if object_lock else ["s3:ListBucket"],
                 "Resource": [f"arn:aws:s3:::{bucket}"],
                 "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
             },

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from components import objectlock
 from components.cluster import VersionMismatch
 from pgbackup_testkit.engine import s3_shape, unwrap
 from pgbackup_testkit.mockrun import evaluate
@@ -60,6 +61,10 @@ class StepFailed(RuntimeError):
 class NotStarted(RuntimeError):
     """A step that was due after another step had failed: like Pulumi's engine, the driver starts nothing
     new once a step has failed, and reports the first failure."""
+
+
+# components/objectlock.py's dynamic resource: the driver runs its provider's code against the lab's S3.
+OBJECT_LOCK = "pulumi-python:dynamic/s3:ObjectLock"
 
 
 def digest(value: Any) -> str:
@@ -274,8 +279,8 @@ class LabEngine(pulumi.runtime.Mocks):
             return f"{args.name}-id", inputs
         if typ.startswith(("random:", "tls:")):
             return self.generated(args.name, typ, inputs)
-        if typ.startswith("aws:"):
-            return self.aws_resource(args, inputs)
+        if typ.startswith("aws:") or typ == OBJECT_LOCK:
+            return self.object_lock(args.name, inputs) if typ == OBJECT_LOCK else self.aws_resource(args, inputs)
         raise NotImplementedError(f"lab driver: no real implementation for {typ} ({args.name})")
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -293,6 +298,17 @@ class LabEngine(pulumi.runtime.Mocks):
             outputs = make_tls(typ, inputs)
         self.remember(name, key, outputs)
         return f"{name}-id", {**inputs, **outputs}
+
+    def object_lock(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """components/objectlock.py's resource, run for real as its dynamic provider does (create and update do
+        the same), with the environment of `pulumi up`."""
+        props = {k: v for k, v in inputs.items() if k != "__provider"}
+        key = digest(["object-lock", props])
+        old = self.state.get(name)
+        if not (old and old["inputs"] == key):
+            objectlock.apply(objectlock.Target.of(props), environ=self.env)
+            self.remember(name, key, {})
+        return f"{name}-id", inputs
 
     def provider_inputs(self, provider_ref: str | None) -> dict[str, Any]:
         provider = next((p for n, p in self.providers.items() if provider_ref and f"::{n}::" in provider_ref), None)
@@ -326,7 +342,9 @@ class LabEngine(pulumi.runtime.Mocks):
             s3 = self.boto("s3", args.provider)
             existing = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
             if inputs["bucket"] not in existing:
-                s3.create_bucket(Bucket=inputs["bucket"])
+                # objectLockEnabled: CreateBucket's x-amz-bucket-object-lock-enabled, as pulumi-aws sends it.
+                lock = {"ObjectLockEnabledForBucket": True} if inputs.get("objectLockEnabled") else {}
+                s3.create_bucket(Bucket=inputs["bucket"], **lock)
             outputs = {"id": inputs["bucket"], "arn": f"arn:aws:s3:::{inputs['bucket']}"}
         elif typ == "aws:s3/bucketVersioning:BucketVersioning":
             status = inputs["versioningConfiguration"]["status"]

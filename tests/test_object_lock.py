@@ -103,6 +103,20 @@ def test_without_object_lock_the_policy_is_as_before() -> None:
         "s3:PutLifecycleConfiguration", "s3:BypassGovernanceRetention"]
 
 
+def test_the_node_key_lists_the_versions_under_its_prefix(locked_s3: tuple[Any, Any]) -> None:
+    """What pgBackRest's --repo-target-time needs (ListObjectVersions). The statement carries the same s3:prefix
+    condition as ListBucket's, which moto does not evaluate (its IAM ignores conditions)."""
+    _, node = locked_s3
+    first = node.put_object(Bucket=BUCKET, Key=WAL, Body=b"wal")["VersionId"]
+    node.delete_object(Bucket=BUCKET, Key=WAL)
+    listed = node.list_object_versions(Bucket=BUCKET, Prefix=f"{PREFIX}/")
+    assert [v["VersionId"] for v in listed["Versions"]] == [first]
+    assert len(listed["DeleteMarkers"]) == 1
+    statement = repository_policy(BUCKET, PREFIX, object_lock=True)["Statement"][0]  # type: ignore[index]
+    assert statement["Action"] == ["s3:ListBucket", "s3:ListBucketVersions"]
+    assert statement["Condition"] == {"StringLike": {"s3:prefix": [PREFIX, f"{PREFIX}/*"]}}
+
+
 def test_the_lock_refuses_even_the_administrator(locked_s3: tuple[Any, Any]) -> None:
     """Beyond the policy: the administrator, allowed s3:*, cannot remove the locked version either."""
     admin, node = locked_s3
@@ -131,7 +145,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         s3 = _client("s3")
 
         @contextmanager
-        def client(_target: Target) -> Iterator[Any]:
+        def client(_target: Target, _environ: Any) -> Iterator[Any]:
             yield s3
 
         monkeypatch.setattr(objectlock, "client", client)
@@ -199,7 +213,7 @@ def test_check_with_a_key_that_may_not_read_the_settings_warns(monkeypatch: pyte
         node = _user(_client("iam"), "pgbackrest", repository_policy(BUCKET, PREFIX, object_lock=True))
 
         @contextmanager
-        def client(_target: Target) -> Iterator[Any]:
+        def client(_target: Target, _environ: Any) -> Iterator[Any]:
             yield node
 
         monkeypatch.setattr(objectlock, "client", client)

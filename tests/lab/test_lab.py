@@ -762,3 +762,87 @@ def test_a_node_with_another_pgbackrest_version_fails_the_apply_naming_it(lab: L
     assert lab.ssh(node, "cd /tmp && runuser -u postgres -- pgbackrest version").stdout.strip() == (
         f"pgBackRest {lab_version.split('-')[0]}")
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
+
+
+def node_key(lab: Lab, node: str) -> tuple[str, str]:
+    """repo1's key as the node holds it in pgbackrest.conf (what an intruder with a root or postgres shell reads)."""
+    options = dict(line.split("=", 1) for line in lab.ssh(node, "cat /etc/pgbackrest/pgbackrest.conf").stdout.splitlines()
+                   if line.startswith(("repo1-s3-key=", "repo1-s3-key-secret=")))
+    return options["repo1-s3-key"], options["repo1-s3-key-secret"]
+
+
+@pytest.mark.releases("trixie")
+def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) -> None:
+    """storage.objectLockDays against an S3 that checks signatures and enforces Object Lock (moto): the bucket
+    is created locked; an intruder with the leader's own key deletes every object under the repository prefix
+    (delete markers: removing a version is refused); archiving, `check` and the backup fail loudly (the
+    wal-archive check CRITICAL); the README's restore with --repo-target-time brings back the rows written before
+    the deletion; stanza-create and a full backup make the repository healthy again."""
+    s3 = AuthenticatedS3(lab, bucket="pgbackup-lockhost", prefix="lab", port=9446, moto_port=9103, admin=True)
+    stack = copy.deepcopy(lab.stack())
+    stack["pgbackup:storage"].update(endpoint=s3.endpoint, bucket="pgbackup-locked", objectLockDays=1)
+    stack["pgbackup:pgbackrest"] = {**stack["pgbackup:pgbackrest"], "version": f"{FACTS['pgbackrest']}*"}
+    admin = s3.admin_env()
+    try:
+        applied = lab.apply(stack, env=admin)
+        assert applied["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        administrator = s3.client_as(*s3.admin)  # type: ignore[misc]
+        assert administrator.get_object_lock_configuration(Bucket="pgbackup-locked")["ObjectLockConfiguration"][
+            "Rule"]["DefaultRetention"] == {"Mode": "COMPLIANCE", "Days": 1, "Years": 0}
+        leader = lab.leader()
+        target = lab.rows_around_a_target(leader, "immutable")
+        time.sleep(2)
+        before_deletion = lab.sql(leader, "SELECT to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD HH24:MI:SS') || '+00'")
+        time.sleep(2)
+
+        # The intruder: the leader's own key, every object under the prefix deleted by name.
+        intruder = s3.client_as(*node_key(lab, leader))
+        names = [o["Key"] for page in intruder.get_paginator("list_objects_v2").paginate(
+            Bucket="pgbackup-locked", Prefix="lab/") for o in page.get("Contents", [])]
+        assert len(names) > 10, names
+        for chunk in range(0, len(names), 1000):
+            intruder.delete_objects(Bucket="pgbackup-locked", Delete={
+                "Objects": [{"Key": name} for name in names[chunk:chunk + 1000]], "Quiet": True})
+        assert intruder.list_objects_v2(Bucket="pgbackup-locked", Prefix="lab/").get("KeyCount") == 0
+        version = intruder.list_object_versions(Bucket="pgbackup-locked", Prefix="lab/")["Versions"][0]
+        for who in (intruder, administrator):  # the policy refuses the intruder; the lock refuses everyone
+            with pytest.raises(ClientError) as refused:
+                who.delete_object(Bucket="pgbackup-locked", Key=version["Key"], VersionId=version["VersionId"])
+            assert refused.value.response["Error"]["Code"] == "AccessDenied", refused.value.response
+
+        # Loud failures: check, archiving (pg_stat_archiver and the wal-archive check), the scheduled backup.
+        assert lab.pgbackrest(leader, "--log-level-console=warn check", check=False).returncode != 0
+        failed_before = archiver(lab, leader)[1]
+        lab.sql(leader, "INSERT INTO immutable SELECT 'after-deletion' FROM generate_series(1, 5)")
+        lab.switch_wal(leader)
+        deadline = time.monotonic() + 120
+        while archiver(lab, leader)[1] == failed_before:
+            assert time.monotonic() < deadline, "archiving did not fail"
+            time.sleep(2)
+        collect_metrics(lab, leader)
+        code, message = run_check(lab, leader, "wal-archive")
+        assert code == 2, message
+        lab.ssh(leader, "systemctl start pgbackup-backup-incr.service", check=False)
+        assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "failed"
+
+        # README "After a deletion": the repository as it was, into a scratch directory on a replica.
+        counts = lab.restored_copy_says(
+            lab.replicas()[0],
+            f"--repo=1 '--repo-target-time={before_deletion}' --type=time '--target={target}' --target-action=promote",
+            "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
+        assert counts.split() == ["before=100"]
+
+        # Healthy again: the stanza created anew (its info files are hidden too) and a full backup in each
+        # repository (repo2, the monthly archives, was under the prefix as well).
+        lab.pgbackrest(leader, "--log-level-console=warn stanza-create")
+        for repo in (1, 2):
+            lab.pgbackrest(leader, f"--log-level-console=warn --repo={repo} --type=full backup", timeout=3600)
+        lab.pgbackrest(leader, "--log-level-console=warn check")
+        lab.wait_archived(lab.switch_wal(leader))
+        assert lab.info(leader)["status"]["code"] == 0
+        assert [b["type"] for b in backups(lab)] == ["full"]
+    finally:
+        try:
+            lab.apply(env=admin)  # the default stack again, while this S3 still answers
+        finally:
+            s3.close()
