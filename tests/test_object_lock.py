@@ -21,7 +21,7 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 from components import objectlock
 from components.objectlock import ObjectLockError, Target
 from components.storage import repository_policy
-from lab.driver import unwrap
+from pgbackup_testkit.engine import unwrap
 from tests.harness import is_wrapped_secret, run_program, stack_config
 from tests.test_storage import ADMIN_POLICY, BUCKET, PREFIX, WAL, _client, _code, _user
 

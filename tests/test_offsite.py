@@ -11,7 +11,7 @@ from components.config import parse_offsite, parse_settings
 from components.context import repository_prices
 from components.layout import PATHS
 from components.providers import Price
-from lab.driver import unwrap
+from pgbackup_testkit.engine import unwrap
 from tests.harness import SENTINELS, node_files, run_program, stack_config
 from tests.test_hostile import valid_settings
 from tests.test_rendered import option_lines, pgbackrest_judge
