@@ -280,9 +280,12 @@ def test_nodes_with_different_pgbackrest_versions_fail_the_apply_naming_them() -
     with pytest.raises(Exception, match=r"pg1 runs 2\.45-1, pg2 runs 2\.55\.1-1, pg3 runs 2\.45-1: set "
                                         r"pgbackup:pgbackrest\.version"):
         run_program(stack_config(), command_stdout=stdout, run=run)
-    # The apply stops there: every node's own steps ran, no cluster-wide step (stanza, archiving, check) did.
+    # The apply stops there: no cluster-wide step (stanza, archiving, check, schedule) is declared. (Whether the
+    # nodes' patroni-local steps were registered before the failure ended the program varies from run to run
+    # under the mocks; they do not wait for the version.)
     declared = {c.name.split("-", 2)[2] for c in run.commands}
-    assert declared == {"install", "files", "patroni"}, declared
+    assert {"install", "files"} <= declared, declared
+    assert not declared & {"stanza", "archiving", "verify", "schedule"}, declared
 
 
 # ---- Key rotation (issue 11, item 3) ---------------------------------------------------------------------
