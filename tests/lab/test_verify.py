@@ -135,6 +135,13 @@ def test_verification_flags_bytes_flipped_in_the_newest_full_backup(lab: Lab, tm
     target = max(objects, key=lambda k: objects[k])  # the largest: a bundle (2.55) or a relation file (2.45)
     with damaged(lab, target, flip=True):
         result, state, metrics, seconds = run_verification(lab, leader)
+        # The restore drill of that backup fails too (`pgbackup drill`: the drill service on the node it picks).
+        drill = lab.pgbackup("drill", check=False, timeout=1800)
+    assert drill.returncode == 1, drill.stdout + drill.stderr
+    line = next(x for x in drill.stdout.splitlines() if x.startswith("drill on "))
+    assert "from repo1: FAILED" in line, line
+    drilled = line.removeprefix("drill on ").split(" ", 1)[0]
+    assert json.loads(lab.ssh(drilled, "cat /var/lib/pgbackrest/pgbackup-drill.json").stdout)["ok"] is False
     assert result == "exit-code", state  # the service fails: `systemctl --failed` shows it
     assert state["ok"] is False
     repo1 = state["repos"]["1"]
