@@ -654,7 +654,10 @@ def test_key_rotation_loses_no_archive_and_the_old_key_is_refused(lab: Lab) -> N
         new_id = rotated["outputs"]["accessKeyId"]
         assert new_id != old_id
         assert rotated["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
-        lab.wait_archived(lab.switch_wal(leader))  # archiving goes on with the new key
+        # Archiving goes on with the new key. (A row first: a switch with nothing written since the writer's last
+        # one closes no segment, and names the next one, which archive_timeout would close only a minute later.)
+        lab.sql(leader, "INSERT INTO rotation_writes VALUES (now())")
+        lab.wait_archived(lab.switch_wal(leader))
         after = archiver(lab, leader)
         assert after[1] == before[1], f"archive failures during the rotation: {before} -> {after}"
         assert after[0] >= before[0] + len(written), (before, after, len(written))
@@ -893,8 +896,9 @@ def test_the_newest_monthly_archive_restores_from_the_offsite_copy_alone(lab: La
         assert unit_result(lab, leader, "pgbackup-backup-monthly.service") == "success"
         label = backups(lab, repo=2)[-1]["label"]
         offsite_key = s3.client_as(*s3.admin)  # type: ignore[misc]
-        stored = [o["Key"] for o in offsite_key.list_objects_v2(Bucket="pgbackup-offsite", Prefix="archives/")["Contents"]]
-        assert any(label in key for key in stored), stored
+        stored = [o["Key"] for page in offsite_key.get_paginator("list_objects_v2").paginate(
+            Bucket="pgbackup-offsite", Prefix=f"archives/backup/{STANZA}/") for o in page.get("Contents", [])]
+        assert any(f"/{label}/" in key for key in stored), stored
 
         # repo1's bucket deleted outright, at the lab's S3 (every version and marker, then the bucket).
         repo1 = boto3.client("s3", endpoint_url="https://localhost:9443", region_name="us-east-1",
