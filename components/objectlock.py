@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import boto3
 import pulumi
@@ -47,17 +47,22 @@ class ObjectLockError(RuntimeError):
     """The bucket is not protected as configured. The message names the key and what to do."""
 
 
+V = TypeVar("V")
+
+
 def _plain(value: Any) -> Any:
     return rpc.unwrap_rpc_secret(value)
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where the bucket is and whose key asks (plain values; built from the resource's properties)."""
+class _Lock(Generic[V]):
+    """Where the bucket is and whose key asks: `V` is `str` once resolved (Target), or `pulumi.Input[str]` for
+    the values known only at apply time (ObjectLockArgs)."""
 
     setting: str
+    """The configuration object, for errors: pgbackup:storage or pgbackup:offsite."""
     provider: str
-    bucket: str
+    bucket: V
     endpoint: str
     region: str
     path_style: bool
@@ -65,8 +70,13 @@ class Target:
     ca_cert: str | None
     days: int
     manage: bool
-    key_id: str | None
-    secret: str | None
+    key_id: V | None = None
+    secret: V | None = None
+
+
+@dataclass(frozen=True)
+class Target(_Lock[str]):
+    """The resolved values, as the provider gets them (built from the resource's properties)."""
 
     @classmethod
     def of(cls, props: dict[str, Any]) -> Target:
@@ -207,21 +217,8 @@ class _ObjectLockProvider(pulumi.dynamic.ResourceProvider):
                         "(locked versions stay locked); only the Pulumi state forgets them")
 
 
-@dataclass
-class ObjectLockArgs:
-    setting: str
-    """The configuration object, for errors: pgbackup:storage or pgbackup:offsite."""
-    provider: str
-    bucket: pulumi.Input[str]
-    endpoint: str
-    region: str
-    path_style: bool
-    verify_tls: bool
-    ca_cert: str | None
-    days: int
-    manage: bool
-    key_id: pulumi.Input[str] | None = None
-    secret: pulumi.Input[str] | None = None
+# What the ObjectLock resource takes.
+ObjectLockArgs = _Lock[pulumi.Input[str]]
 
 
 class ObjectLock(pulumi.dynamic.Resource, module="s3", name="ObjectLock"):
