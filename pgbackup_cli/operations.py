@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from components.drill import WEEKLY
 from components.layout import BACKUPS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.status import DRILL_STATE
 
-DRILL_UNIT = "pgbackup-drill.service"
+DRILL_UNIT = f"{WEEKLY.unit}.service"  # the scheduled drill of repo1 (components/drill.py)
 
 
 def backup_unit(pg_type: str, repo: int) -> str | None:

@@ -13,7 +13,7 @@ from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.repository import newest_backups
 
 # The state files of the verification and drill services (written by them as postgres, atomically).
-VERIFY_STATE = f"{PATHS.home}/pgbackup-verify.json"
+VERIFY_STATE = PATHS.verify_state
 DRILL_STATE = PATHS.drill_state
 
 # Run on each node with python3 (Patroni's): pgBackRest's version, Patroni's service, the state files.
