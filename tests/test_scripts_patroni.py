@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.layout import NAMES, PATHS
 from components.render import TEMPLATES
 from tests.harness import Run, run_program, script_of, stack_config
 
@@ -58,6 +59,14 @@ case " $* " in
   *" --output=json info "*) cat "$FAKE/info.json" ;;
   *" repo-ls archive "*) cat "$FAKE/repo-ls-archive.json" ;;
   *" repo-ls backup "*) cat "$FAKE/repo-ls-backup.json" ;;
+  *" backup ") # the n-th backup answers with backup/<n> (its exit status, then its output), else succeeds
+    n=$(($(cat "$FAKE/backup-count" 2>/dev/null || echo 0) + 1))
+    echo "$n" >"$FAKE/backup-count"
+    if [[ -e "$FAKE/backup/$n" ]]; then
+      tail -n +2 "$FAKE/backup/$n" >&2
+      exit "$(head -n 1 "$FAKE/backup/$n")"
+    fi
+    ;;
 esac
 """,
     "sleep": """#!/bin/bash
@@ -134,9 +143,12 @@ def run(patroni_config: Path) -> Run:
 
 
 def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence[str | Exception],
-             wait: int | None = 4) -> Result:
+             wait: int | None = 4, info: list[dict[str, Any]] = INFO,
+             backups: Sequence[tuple[int, str]] = ()) -> Result:
     """Runs the rendered `step` of `node` as pgbackup does (`bash -c <script> pgbackup-<step>`); patronictl's
-    n-th `list` prints responses[n] (an Exception: fails with its text on stderr), the last one repeating."""
+    n-th `list` prints responses[n] (an Exception: fails with its text on stderr), the last one repeating;
+    `pgbackrest info` prints `info`; the n-th `pgbackrest backup` exits and prints as backups[n] says (beyond
+    them: succeeds)."""
     fake = tmp_path / "fake"
     (fake / "bin").mkdir(parents=True)
     (fake / "list").mkdir()
@@ -149,7 +161,10 @@ def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence
         else:
             (fake / "list" / f"{i}.json").write_text(response + "\n")
     (fake / "list" / "last").write_text(str(len(responses)))
-    (fake / "info.json").write_text(json.dumps(INFO))
+    (fake / "info.json").write_text(json.dumps(info))
+    (fake / "backup").mkdir()
+    for i, (status, output) in enumerate(backups, start=1):
+        (fake / "backup" / str(i)).write_text(f"{status}\n{output}\n")
     for path, listing in REPO_LS.items():
         (fake / f"repo-ls-{path}.json").write_text(json.dumps(listing))
     (fake / "calls").touch()
@@ -226,6 +241,51 @@ def test_the_leader_verifies(run: Run, tmp_path: Path, version: str) -> None:
         "--stanza=main --log-level-console=warn check", "--stanza=main --output=json info",
         "--stanza=main --repo=1 --output=json --recurse repo-ls archive",
         "--stanza=main --repo=1 --output=json --recurse repo-ls backup"]
+
+
+NO_BACKUP = [{**INFO[0], "backup": []}]
+FIRST_FULL = "--stanza=main --log-level-console=warn --repo=1 --type=full backup"
+# pgBackRest 2.45's words (src/db/db.c, dbReplayWait) when the standby's restartpoint missed the backup's start.
+STANDBY_TIMEOUT = ("P00  ERROR: [082]: timeout before standby checkpoint lsn reached 0/5000028 - only reached "
+                   "0/4000110")
+
+
+def test_a_stanza_without_backups_gets_its_first_full_backup(run: Run, tmp_path: Path) -> None:
+    result = run_step(run, tmp_path, "pg1", "verify", [member_list("3", VERSIONS["3"])], info=NO_BACKUP)
+    assert result.returncode == 0, result.stderr
+    backups = [c for c in pgbackrest_calls(result) if c.endswith(" backup") and " repo-ls " not in c]
+    assert backups == [f"runuser -u postgres -- env --chdir=/ flock --wait {NAMES.backup_lock_wait} "
+                       f"{PATHS.backup_lock} pgbackrest {FIRST_FULL}"]
+    assert "repo1 has no backup yet: taking its first full backup" in result.stderr
+
+
+def test_a_standby_timeout_in_the_first_backup_is_retried_once(run: Run, tmp_path: Path) -> None:
+    result = run_step(run, tmp_path, "pg1", "verify", [member_list("3", VERSIONS["3"])], info=NO_BACKUP,
+                      backups=[(82, STANDBY_TIMEOUT)])
+    assert result.returncode == 0, result.stderr
+    assert len([c for c in pgbackrest_calls(result) if c.endswith(FIRST_FULL)]) == 2
+    assert STANDBY_TIMEOUT in result.stderr  # pgBackRest's own words stay visible
+    assert "repo1: pgBackRest timed out waiting for the standby (error 82): taking the first full backup again" \
+        in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["role"] == "leader"
+
+
+@pytest.mark.parametrize(("backups", "status"), [
+    pytest.param([(82, STANDBY_TIMEOUT), (82, STANDBY_TIMEOUT)], 82, id="twice"),
+    pytest.param([(82, "P00  ERROR: [082]: WAL segment 000000010000000000000005 was not archived before the "
+                       "60000ms timeout")], 82, id="other-timeout"),
+    pytest.param([(39, "P00  ERROR: [039]: HTTP request failed with 403 (Forbidden)")], 39, id="other-error"),
+])
+def test_other_first_backup_failures_end_the_step(run: Run, tmp_path: Path, backups: list[tuple[int, str]],
+                                                  status: int) -> None:
+    result = run_step(run, tmp_path, "pg1", "verify", [member_list("3", VERSIONS["3"])], info=NO_BACKUP,
+                      backups=backups)
+    assert result.returncode == status  # pgBackRest's own exit status
+    assert len([c for c in pgbackrest_calls(result) if c.endswith(FIRST_FULL)]) == len(backups)
+    assert backups[-1][1] in result.stderr
+    assert f"pgbackup: step verify on node pg1: the first full backup into repo1 failed (pgBackRest exited " \
+           f"{status})" in result.stderr
+    assert result.stdout == ""  # no report: the program never reads a verification that failed
 
 
 def test_a_leader_that_appears_during_the_wait_is_found(run: Run, tmp_path: Path) -> None:
