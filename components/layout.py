@@ -115,6 +115,8 @@ class Names:
     """The verification's and the drill's state files are read up to this size (they hold a few kilobytes)."""
     backup_lock_wait: int = 6 * 3600
     """Seconds a backup waits for another one (the backup lock, PATHS.backup_lock) before it fails."""
+    endpoint_connect_timeout: int = 10
+    """Seconds the files step gives each repository's endpoint to accept a TCP connection from the node."""
 
 
 NAMES = Names()

@@ -13,9 +13,11 @@ import base64
 import dataclasses
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,12 +65,16 @@ class Sandbox:
     def tmpfiles(self) -> NodeFile:
         return NodeFile(self.paths.tmpfiles, "0644", "root", "root", "d /run/x\n", actions=(TMPFILES,))
 
-    def run(self, files: list[NodeFile], *, stdin: str | None = None, fail_reload: bool = False
-            ) -> subprocess.CompletedProcess[str]:
+    def run(self, files: list[NodeFile], *, stdin: str | None = None, fail_reload: bool = False,
+            endpoints: tuple[tuple[str, int, str], ...] = ()) -> subprocess.CompletedProcess[str]:
+        """`endpoints`: the repositories' (host, port, setting), repo1 first (default: none, nothing to reach)."""
+        repos = [SimpleNamespace(index=i, offsite=setting == "offsite", setting=setting,
+                                 storage=SimpleNamespace(endpoint_host=host, endpoint_port=port))
+                 for i, (host, port, setting) in enumerate(endpoints, start=1)]
         script = render_values("scripts/files.sh.j2", {
             "step": "files", "node": SimpleNamespace(name="pg1"), "paths": self.paths, "directories": self.directories,
             "manifest_magic": MANIFEST_MAGIC, "names": NAMES, "actions": FILE_ACTIONS,
-            "tls_server": False})
+            "tls_server": False, "repos": repos})
         calls = self.root / "calls"
         calls.write_text("")
         env = {**os.environ, "PATH": f"{self.root / 'bin'}:{os.environ['PATH']}", "PGBACKUP_TEST_CALLS": str(calls)}
@@ -214,6 +220,49 @@ def test_a_new_passphrase_for_an_existing_repository_is_refused(box: Sandbox) ->
     assert box.at(box.paths.config).read_bytes() == before
     # A new repository path with the new passphrase: a new repository, allowed.
     assert box.run([box.conf("pass-2", "/lab-2")]).returncode == 0
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A loopback port that accepts connections (the kernel completes them from the backlog)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server.getsockname()[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # free again once closed: nothing listens there
+
+
+def test_reachable_endpoints_let_the_files_land(box: Sandbox, listening: int) -> None:
+    result = box.run([box.conf("pass-1")], endpoints=(("127.0.0.1", listening, "storage"),
+                                                      ("localhost", listening, "offsite")))
+    assert result.returncode == 0, result.stderr
+    assert box.at(box.paths.config).exists()
+
+
+@pytest.mark.parametrize(("host", "why"), [("127.0.0.1", "Connection refused"),
+                                           ("endpoint.invalid", "Name or service not known")])
+def test_an_endpoint_this_node_cannot_reach_is_named_before_anything_changes(
+        box: Sandbox, listening: int, host: str, why: str) -> None:
+    assert box.run([box.conf("pass-1")]).returncode == 0
+    before = box.at(box.paths.config).read_bytes()
+    port = closed_port()
+    started = time.monotonic()
+    result = box.run([box.conf("pass-1", repo_path="/elsewhere"), box.unit("new.service")],
+                     endpoints=(("127.0.0.1", listening, "storage"), (host, port, "offsite")))
+    assert time.monotonic() - started < NAMES.endpoint_connect_timeout
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pgbackup: step files on node pg1: repo2 (pgbackup:offsite): this node cannot open a connection to the "
+        f"endpoint {host}:{port} ({why}); check pgbackup:offsite's endpoint (or provider and region) and this "
+        f"node's route to it. Nothing was changed.")
+    assert box.at(box.paths.config).read_bytes() == before
+    assert not box.at(f"{box.paths.unit_dir}/new.service").exists()
+    assert box.calls() == []
 
 
 def test_manifest_lines_carry_base64_content() -> None:
