@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--leader", help="the node to restore on when Patroni reports no leader")
     rc.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rc.add_argument("--cleanup", action="store_true",
-                    help="remove the data directories a finished recovery moved aside (after it, with --to)")
+                    help="remove, on every node, the data directories finished recoveries moved aside "
+                         "(after the recovery, with --to)")
     return top
 
 
@@ -81,9 +82,6 @@ def run_status(cluster: Cluster, options: argparse.Namespace) -> int:
 def run_recover(cluster: Cluster, options: argparse.Namespace) -> int:
     plan = recover.find_state(cluster)
     if options.to is None:  # --cleanup alone
-        if plan is None:
-            say("no recovery recorded on the nodes: nothing to clean up")
-            return 0
         recover.cleanup(cluster, plan, say)
         return 0
     if plan is not None and not plan.finished:

@@ -258,11 +258,40 @@ systemctl start patroni
         return plan.summary
 
 
-def cleanup(cluster: Cluster, plan: Plan, say: Callable[[str], None]) -> None:
-    """Remove the directories a finished recovery moved aside, then its state."""
-    if not plan.finished:
+# The data directories recoveries move aside: <pg_data>.before-pitr-<UTC stamp>, as make_plan names them.
+ASIDE_STAMP = r"[0-9]{8}T[0-9]{6}Z"
+
+
+def aside_script(q: Callable[[str], str], pg_data: str) -> str:
+    """On a node: removes every directory a recovery moved aside (pgbackup's own name, a real directory, never
+    a link) and prints each path it removed."""
+    return f"""set -euo pipefail
+shopt -s nullglob
+for dir in {q(pg_data)}.before-pitr-*; do
+  if [[ "${{dir}}" =~ \\.before-pitr-{ASIDE_STAMP}$ && -d "${{dir}}" && ! -L "${{dir}}" ]]; then
+    rm -rf -- "${{dir}}"
+    printf '%s\\n' "${{dir}}"
+  fi
+done
+"""
+
+
+def cleanup(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> None:
+    """Remove, on every node, the data directories that finished recoveries moved aside (the latest recorded
+    one and any earlier one's), then the recorded state. Refused while the recorded recovery has not finished:
+    its replicas' old data may be all that is left of them."""
+    if plan is not None and not plan.finished:
         raise RecoveryRefused(f"the recovery to {plan.target} has not finished: run it again first")
-    for node, path in plan.aside.items():
-        cluster.node(node).check(f"rm -rf {cluster.q(path)}", what=f"removing {path}")
-        say(f"{node}: removed {path}")
-    cluster.node(plan.leader).check(f"rm -f {cluster.q(RECOVER_STATE)}", what="removing the recovery's state")
+    pg_data = cluster.stack.pg_data
+    script = aside_script(cluster.q, pg_data)
+    removed = cluster.on_each(list(cluster.nodes), lambda node: node.check(script, what="removing the "
+                                                                                          "directories moved aside"))
+    failed = {name: value for name, value in removed.items() if isinstance(value, RemoteError)}
+    for name, value in removed.items():
+        if not isinstance(value, RemoteError):
+            paths = value.splitlines()
+            say(f"{name}: removed {', '.join(paths)}" if paths else f"{name}: nothing moved aside")
+    if failed:
+        raise RemoteError("cleanup incomplete, run it again: " + "; ".join(str(e) for e in failed.values()))
+    if plan is not None:
+        cluster.node(plan.leader).check(f"rm -f {cluster.q(RECOVER_STATE)}", what="removing the recovery's state")

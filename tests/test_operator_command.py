@@ -5,8 +5,11 @@ recovery carrying on from its recorded steps."""
 from __future__ import annotations
 
 import copy
+import shlex
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +17,8 @@ import yaml
 
 from components.config import ConfigError
 from pgbackup_cli import cli, recover
+from pgbackup_cli.cluster import RECOVER_STATE, Cluster
+from pgbackup_cli.remote import RemoteError
 from pgbackup_cli.repository import (
     TargetRefused,
     choose_backup,
@@ -179,6 +184,67 @@ def test_a_recovery_carries_on_after_its_recorded_steps() -> None:
     resumed.run()
     assert resumed.ran == names[3:]
     assert resumed.lines[2] == "[3/7] restore the leader, replay, promote it by hand, stop it: done before (30.0 s)"
+
+
+class LocalNode:
+    """A node whose scripts run under bash on this machine, in a directory of its own."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name, self.root, self.scripts = name, root, []  # type: ignore[var-annotated]
+
+    def check(self, script: str, stdin: str = "", timeout: float = 600, what: str = "") -> str:
+        self.scripts.append(script)
+        result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode != 0:
+            raise RemoteError(f"{self.name}: {what} failed (exit {result.returncode}): {result.stderr}")
+        return result.stdout
+
+
+class LocalCluster(Cluster):
+    """Cluster's cleanup surface (nodes, node, on_each, q, stack.pg_data) over LocalNodes."""
+
+    def __init__(self, pg_data: str, names: list[str], root: Path) -> None:
+        self.stack = SimpleNamespace(pg_data=pg_data)  # type: ignore[assignment]
+        self.local = {name: LocalNode(name, root) for name in names}
+        self.nodes = self.local  # type: ignore[assignment]
+        self.q = shlex.quote
+
+
+def test_cleanup_removes_what_every_recovery_moved_aside_and_nothing_else(tmp_path: Path) -> None:
+    """One node's directory stands for every node's (the nodes share it): each node removes what it finds."""
+    data = tmp_path / "17 main"  # a space: the path is quoted, the glob is not
+    data.mkdir()
+    latest, older = (Path(f"{data}.before-pitr-{stamp}") for stamp in ("20261122T130000Z", "20250101T000000Z"))
+    for aside in (latest, older):
+        (aside / "base").mkdir(parents=True)
+    kept = [Path(f"{data}.before-pitr-by-hand"), Path(f"{data}.before-pitr-20261122T130000Z.old")]
+    for path in kept:
+        path.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = Path(f"{data}.before-pitr-20261123T000000Z")
+    link.symlink_to(target)
+    cluster = LocalCluster(str(data), ["db-1"], tmp_path)
+    lines: list[str] = []
+    recover.cleanup(cluster, plan(finished=True, leader="db-1", aside={"db-1": str(latest)}), lines.append)
+    assert (latest.exists(), older.exists()) == (False, False)  # the recorded recovery's and an earlier one's
+    assert [data.is_dir(), *(path.is_dir() for path in kept), link.is_symlink(), target.is_dir()] == [True] * 5
+    assert lines == [f"db-1: removed {older}, {latest}"]
+    assert cluster.local["db-1"].scripts[-1] == f"rm -f {RECOVER_STATE}"
+    lines.clear()
+    recover.cleanup(cluster, None, lines.append)  # nothing recorded, nothing left
+    assert lines == ["db-1: nothing moved aside"]
+
+
+def test_cleanup_is_refused_while_the_recorded_recovery_has_not_finished(tmp_path: Path) -> None:
+    data = tmp_path / "main"
+    aside = Path(f"{data}.before-pitr-20261122T130000Z")
+    aside.mkdir(parents=True)
+    cluster = LocalCluster(str(data), ["db-1", "db-3"], tmp_path)
+    with pytest.raises(recover.RecoveryRefused, match="the recovery to 2026-11-22 12:00:00\\+00 has not finished"):
+        recover.cleanup(cluster, plan(finished=False), print)
+    assert aside.is_dir()
+    assert all(node.scripts == [] for node in cluster.local.values())
 
 
 def test_ctrl_c_interrupts_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:

@@ -32,8 +32,10 @@ def rows_in_every_node(lab: Lab, table: str) -> dict[str, str]:
 
 
 def no_recovery_state(lab: Lab) -> None:
+    """No recovery recorded, and no data directory left aside (`recover --cleanup` ran on every node)."""
     for node in lab.nodes:
         assert lab.ssh(node, f"test -e {STATE}", check=False).returncode != 0, node
+        assert lab.ssh(node, f"ls -d {PG_DATA}.before-pitr-*", check=False).returncode != 0, node
 
 
 def test_status_of_a_healthy_cluster_matches_the_nodes(lab: Lab) -> None:
