@@ -102,3 +102,23 @@ def test_storage_cost_prices_repo2_at_the_offsite_provider() -> None:
     prices = repository_prices(settings)
     assert prices[1][0] == "s3"
     assert prices[2] == ("b2", Price(1.5, "configured (pgbackup:offsite.pricePerTbMonth)"))
+
+
+def test_rotating_the_offsite_key_renames_only_it_and_reaches_every_node() -> None:
+    """offsite.keyGeneration rotates repo2's key as storage.keyGeneration rotates repo1's: the offsite key
+    resource gets a new name (created, pushed and proven before Pulumi deletes the old one), repo1's key stays,
+    and each node's repo2-s3-key changes to the new key."""
+    before = run_program(offsite_config())
+    after = run_program(offsite_config({**OFFSITE, "keyGeneration": 1}))
+    names_before = {r.name for r in before.resources}
+    names_after = {r.name for r in after.resources}
+    assert names_before - names_after == {"offsite-key"}
+    assert names_after - names_before == {"offsite-key-g1"}
+    assert after.named("offsite-key-g1").inputs["key_name"] == "pgbackup-test-main-offsite-g1"
+    for node in ("pg1", "pg2", "pg3"):
+        old, new = conf_options(before, node), conf_options(after, node)
+        assert new["repo2-s3-key"] == unwrap(after.outputs["offsiteAccessKeyId"]) != old["repo2-s3-key"]
+        assert new["repo1-s3-key"] == old["repo1-s3-key"]
+    for step in ("stanza", "verify"):
+        assert before.named(f"cluster-pg1-{step}").inputs["triggers"] != after.named(f"cluster-pg1-{step}").inputs[
+            "triggers"]
