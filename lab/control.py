@@ -26,6 +26,7 @@ import boto3
 import yaml
 from botocore.config import Config as BotoConfig
 
+from components.layout import PATHS
 from components.report import repo_of
 from components.storage import repository_policy
 from lab import driver
@@ -136,11 +137,39 @@ class Lab:
                    for repo in repos):
                 return
             time.sleep(2)
-        raise AssertionError(f"{segment} not archived after {timeout} s: {self.info()['archive']}")
+        raise AssertionError(f"{segment} not archived after {timeout} s: {self.info()['archive']}\n"
+                             f"{self.archiving_diagnosis()}")
+
+    def archiving_diagnosis(self) -> str:
+        """What the leader's archiving looks like: pg_stat_archiver, the segments waiting, archive-push's
+        asynchronous status files and the end of its log (for a failure message)."""
+        try:
+            leader = self.leader()
+        except AssertionError as error:
+            return f"no leader to diagnose: {error}"
+        archiver = "cd /tmp && runuser -u postgres -- psql -XAtq -c 'TABLE pg_stat_archiver'; "
+        script = (archiver + f"ls {PG_DATA}/pg_wal/archive_status | grep -v '[.]done$' | tail -n 5; "
+                  f"find {PATHS.spool}/archive -type f | tail -n 10; "
+                  "tail -n 15 /var/log/pgbackrest/*archive-push-async.log")
+        return f"{leader}:\n" + self.ssh(leader, script, check=False).stdout
 
     def switch_wal(self, node: str) -> str:
-        """Close the current WAL segment (in its own transaction); returns its file name."""
-        return self.sql(node, "SELECT pg_walfile_name(pg_switch_wal())")
+        """Close the current WAL segment (in its own transaction); returns its file name. A WAL record is
+        written first (a logical message, replayed as a no-op): with nothing written since the last switch,
+        pg_switch_wal closes no segment and names the next one, which only archive_timeout closes later."""
+        return self.sql(node, "SELECT pg_walfile_name(pg_switch_wal()) "
+                              "FROM pg_logical_emit_message(false, 'pgbackup-lab', 'switch') AS written")
+
+    def wait_archiver_recovered(self, node: str, timeout: float = 180) -> None:
+        """Until `node`'s archiver has archived since its last failure (pg_stat_archiver): after an outage the
+        repository can hold a segment (pushed by archive-push's asynchronous process) before archive_command
+        reports success, and PostgreSQL retries a failed segment only on its next wake-up (60 s at most)."""
+        deadline = time.monotonic() + timeout
+        query = ("SELECT last_failed_time IS NULL OR last_archived_time >= last_failed_time "
+                 "FROM pg_stat_archiver")
+        while self.sql(node, query) != "t":
+            assert time.monotonic() < deadline, f"{node}'s archiver has not archived since its last failure"
+            time.sleep(2)
 
     # -- the program
     def apply(self, stack: dict[str, Any] | None = None, secrets: dict[str, str] | None = None,

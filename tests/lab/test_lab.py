@@ -187,6 +187,7 @@ def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None
         code, message = run_check(lab, leader, "backup-age")
         assert (code, "pgbackrest info failed or timed out" in message) == (3, True), message
     lab.wait_archived(segment, timeout=240)
+    lab.wait_archiver_recovered(leader)
     collect_metrics(lab, leader)
     code, message = run_check(lab, leader, "wal-archive")
     assert code == 0, message
@@ -854,7 +855,9 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         assert sorted(key for key, _ in markers) == sorted(names)
         for key, marker in markers:
             administrator.delete_object(Bucket="pgbackup-locked", Key=key, VersionId=marker)
-        lab.wait_archived(lab.switch_wal(leader))
+        # 240 s: PostgreSQL retries the segments that failed on its archiver's next wake-up, and archive-push
+        # first waits for its asynchronous process (archive-timeout, 60 s) to get past the errors it recorded.
+        lab.wait_archived(lab.switch_wal(leader), timeout=240)
         lab.pgbackrest(leader, "--log-level-console=warn check")
         before = len(backups(lab))
         for repo in (1, 2):

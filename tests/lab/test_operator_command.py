@@ -132,6 +132,7 @@ def test_status_of_a_degraded_cluster_matches_the_nodes(lab: Lab) -> None:
         assert doc["cluster"]["stanza"]["code"] != 0, doc["cluster"]["stanza"]
         assert any("WAL archiving is failing" in p for p in doc["problems"]), doc["problems"]
     lab.wait_archived(segment, timeout=240)
+    lab.wait_archiver_recovered(leader)
     lab.wait_healthy()
     assert status(lab)[0] == 0
 
