@@ -78,6 +78,22 @@ def listing(*segments: str) -> dict[str, Any]:
     return found
 
 
+def test_a_directory_without_a_manifest_is_damage_only_when_backup_info_lists_it(verify: Any) -> None:
+    """pgBackRest's verify says "manifest missing" (and status ok) for any backup directory with neither
+    manifest nor copy: a listed backup whose manifests are gone (damage), or what an expired or aborted backup
+    left behind (seen on Debian 12's lab: moto lists a directory whose objects all carry delete markers)."""
+    leftover = HEALTHY + "  backup: 20261126-060000F, status: manifest missing, total files checked: 0, total valid files: 0\n"
+    listed = {"20261126-070000F"}
+    clean = verify.parse_verify(leftover, listed)
+    assert clean["errors"] == {"checksum": 0, "missing_wal": 0, "other": 0}
+    assert clean["notes"] == ["backup 20261126-060000F: a directory without a manifest that backup.info does not "
+                              "list (an expired or aborted backup's leftover)"]
+    damaged = verify.parse_verify(leftover, listed | {"20261126-060000F"})
+    assert damaged["errors"] == {"checksum": 0, "missing_wal": 0, "other": 1}
+    assert damaged["notes"] == ["backup 20261126-060000F: its manifest and the manifest's copy are missing"]
+    assert verify.parse_verify(leftover)["errors"]["other"] == 1  # backup.info unknown: counted
+
+
 def test_continuity_finds_the_segment_deleted_from_the_middle(verify: Any) -> None:
     names = [f"0000000100000000000000{n:02X}" for n in range(3, 12)]
     full = listing(*names)
