@@ -19,6 +19,12 @@ from pgbackup_cli.cluster import RECOVER_STATE, Cluster
 from pgbackup_cli.remote import RemoteError
 from pgbackup_cli.repository import LATEST, choose_backup, holdings, parse_target
 
+# The data directories a recovery moves aside: <pg_data><ASIDE_SUFFIX><UTC time as ASIDE_TIME writes it>;
+# ASIDE_STAMP matches that time, and `--cleanup` removes only what has that name.
+ASIDE_SUFFIX = ".before-pitr-"
+ASIDE_TIME = "%Y%m%dT%H%M%SZ"
+ASIDE_STAMP = r"[0-9]{8}T[0-9]{6}Z"
+
 STEPS: list[tuple[str, str]] = [
     ("stop-patroni", "stop Patroni on the replicas, then on the leader"),
     ("forget-dcs", "forget the cluster in the DCS (patronictl remove)"),
@@ -98,13 +104,13 @@ def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float |
         backup = choose_backup(held, target)
     except ValueError as error:
         raise RecoveryRefused(f"refused, nothing was touched: {error}") from None
-    stamp = datetime.fromtimestamp(now or time.time(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(now or time.time(), tz=UTC).strftime(ASIDE_TIME)
     pg_data = cluster.stack.pg_data
     replicas = [name for name in cluster.nodes if name != leader]
     timelines = [int(m["TL"]) for m in members if str(m.get("TL", "")).isdigit()]
     return Plan(stack=cluster.stack.name, target=to, leader=leader, replicas=replicas, scope=cluster.scope(leader),
                 backup=backup["label"], holds=held.describe(), pg_data=pg_data,
-                aside=dict.fromkeys(replicas, f"{pg_data}.before-pitr-{stamp}"),
+                aside=dict.fromkeys(replicas, f"{pg_data}{ASIDE_SUFFIX}{stamp}"),
                 old_timeline=max(timelines, default=0))
 
 
@@ -258,17 +264,13 @@ systemctl start patroni
         return plan.summary
 
 
-# The data directories recoveries move aside: <pg_data>.before-pitr-<UTC stamp>, as make_plan names them.
-ASIDE_STAMP = r"[0-9]{8}T[0-9]{6}Z"
-
-
 def aside_script(q: Callable[[str], str], pg_data: str) -> str:
     """On a node: removes every directory a recovery moved aside (pgbackup's own name, a real directory, never
     a link) and prints each path it removed."""
     return f"""set -euo pipefail
 shopt -s nullglob
-for dir in {q(pg_data)}.before-pitr-*; do
-  if [[ "${{dir}}" =~ \\.before-pitr-{ASIDE_STAMP}$ && -d "${{dir}}" && ! -L "${{dir}}" ]]; then
+for dir in {q(pg_data + ASIDE_SUFFIX)}*; do
+  if [[ "${{dir}}" =~ {ASIDE_SUFFIX.replace(".", "[.]")}{ASIDE_STAMP}$ && -d "${{dir}}" && ! -L "${{dir}}" ]]; then
     rm -rf -- "${{dir}}"
     printf '%s\\n' "${{dir}}"
   fi
