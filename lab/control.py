@@ -417,8 +417,12 @@ class AuthenticatedS3:
         # Unauthenticated: the bucket, the pgbackrest user (policy, key) and, with `admin`, an administrator
         # (user, policy, key) whose credentials `admin_env` gives to `pulumi up` (for storage.create true).
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7" if admin else "4"}
-        self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its request log (werkzeug's, one line per request) for a failure's diagnosis.
+        self.log = LAB_DIR / "log" / f"moto-{moto_port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while sh("curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{moto_port}/moto-api/", check=False
                  ).returncode != 0:
