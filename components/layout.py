@@ -95,7 +95,7 @@ DIRECTORIES = {
 DAEMON_RELOAD = "daemon-reload"  # the file is a systemd unit: reload; disabled and stopped when removed
 TMPFILES = "tmpfiles"  # a tmpfiles.d entry: systemd-tmpfiles --create
 TLS_RESTART = "tls-restart"  # read by pgBackRest's TLS server: restart it when it runs
-ARCHIVE_WORKERS = "archive-workers"  # pgBackRest's configuration: end stale asynchronous archive workers
+ARCHIVE_WORKERS = "archive-workers"  # pgBackRest's configuration: running async archive workers finish or end
 CONSUL_RELOAD = "consul-reload"  # the Consul service definition: reload the local agent (a warning without one)
 
 
@@ -117,6 +117,12 @@ class Names:
     """Seconds a backup waits for another one (the backup lock, PATHS.backup_lock) before it fails."""
     endpoint_connect_timeout: int = 10
     """Seconds the files step gives each repository's endpoint to accept a TCP connection from the node."""
+    archive_worker_pattern: str = "pgbackrest .*archive-(push|get):async"
+    """pgBackRest's asynchronous archive workers (`pgrep -f`), run as postgres."""
+    archive_worker_grace: int = 30
+    """Seconds the files step lets a running asynchronous archive worker finish its run after pgBackRest's
+    configuration changed, before it ends it (its archive_command then waits out archive-timeout, 60 s, and
+    fails once)."""
 
 
 NAMES = Names()

@@ -1,10 +1,11 @@
 """The files step's script (templates/scripts/files.sh.j2) run for real, as root, under bash.
 
 The template is rendered with every path moved into a sandbox directory (the paths are values of the
-layout, so the same script runs), and with `systemctl`, `systemd-tmpfiles` and `pkill` replaced by stubs that
-record their arguments. What it proves: the manifest arrives whole or nothing changes; a link planted by
+layout, so the same script runs), and with `systemctl` and `systemd-tmpfiles` replaced by stubs that record
+their arguments; stand-ins for pgBackRest's asynchronous archive workers are real processes of postgres. What it proves: the manifest arrives whole or nothing changes; a link planted by
 postgres is refused and never followed; follow-up actions survive an interrupted run; files that leave the
-manifest go; no old copy of a secret stays; a repository's passphrase is not changed under it.
+manifest go; no old copy of a secret stays; a repository's passphrase is not changed under it; a running
+archive worker finishes its run, and only one that outlives the grace is ended.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.layout import DAEMON_RELOAD, NAMES, PATHS, TLS_RESTART, TMPFILES, Directory, Paths
+from components.layout import (
+    ARCHIVE_WORKERS,
+    DAEMON_RELOAD,
+    NAMES,
+    PATHS,
+    TLS_RESTART,
+    TMPFILES,
+    Directory,
+    Names,
+    Paths,
+)
 from components.plan import FILE_ACTIONS
 from components.remote import MANIFEST_MAGIC, NodeFile, manifest_text
 from components.render import render_values
@@ -66,14 +77,15 @@ class Sandbox:
         return NodeFile(self.paths.tmpfiles, "0644", "root", "root", "d /run/x\n", actions=(TMPFILES,))
 
     def run(self, files: list[NodeFile], *, stdin: str | None = None, fail_reload: bool = False,
-            endpoints: tuple[tuple[str, int, str], ...] = ()) -> subprocess.CompletedProcess[str]:
+            endpoints: tuple[tuple[str, int, str], ...] = (), names: Names = NAMES
+            ) -> subprocess.CompletedProcess[str]:
         """`endpoints`: the repositories' (host, port, setting), repo1 first (default: none, nothing to reach)."""
         repos = [SimpleNamespace(index=i, offsite=setting == "offsite", setting=setting,
                                  storage=SimpleNamespace(endpoint_host=host, endpoint_port=port))
                  for i, (host, port, setting) in enumerate(endpoints, start=1)]
         script = render_values("scripts/files.sh.j2", {
             "step": "files", "node": SimpleNamespace(name="pg1"), "paths": self.paths, "directories": self.directories,
-            "manifest_magic": MANIFEST_MAGIC, "names": NAMES, "actions": FILE_ACTIONS,
+            "manifest_magic": MANIFEST_MAGIC, "names": names, "actions": FILE_ACTIONS,
             "tls_server": False, "repos": repos})
         calls = self.root / "calls"
         calls.write_text("")
@@ -96,7 +108,7 @@ def box() -> Iterator[Sandbox]:
     root.chmod(0o755)  # postgres must reach the sandbox to plant its links, as on a node
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    for tool in ("systemctl", "systemd-tmpfiles", "pkill"):
+    for tool in ("systemctl", "systemd-tmpfiles"):
         (bin_dir / tool).write_text(STUB)
         (bin_dir / tool).chmod(0o755)
     moved = {f.name: str(root) + getattr(PATHS, f.name) for f in dataclasses.fields(Paths)}
@@ -263,6 +275,99 @@ def test_an_endpoint_this_node_cannot_reach_is_named_before_anything_changes(
     assert box.at(box.paths.config).read_bytes() == before
     assert not box.at(f"{box.paths.unit_dir}/new.service").exists()
     assert box.calls() == []
+
+
+class Worker:
+    """A stand-in for one of pgBackRest's asynchronous archive workers: a process of `user` whose command line
+    matches the rendered pattern, which runs `seconds` and then leaves `marker` (a worker ended early leaves
+    none)."""
+
+    def __init__(self, box: Sandbox, tag: str, seconds: float, user: str = "postgres") -> None:
+        workers = box.root / "workers"
+        workers.mkdir(exist_ok=True)
+        workers.chmod(0o777)  # any user's worker leaves its marker here
+        self.marker = workers / f"{user}.finished"
+        name = f"{tag} --stanza=s archive-push:async"
+        self.process = subprocess.Popen(
+            ["runuser", "-u", user, "--", "bash", "-c", 'exec -a "$0" bash -c "sleep $1 && touch \"$2\"" "$0" "$@"',
+             name, str(seconds), str(self.marker)])
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-u", user, "-f", tag], check=False, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the stand-in worker did not start"
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            subprocess.run(["pkill", "-f", self.marker.name], check=False)
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def tag() -> str:
+    """A name only this test's workers carry (a lab node's real workers are never matched)."""
+    return f"pgbackup-test-worker-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def worker_names(tag: str, grace: int) -> Names:
+    return dataclasses.replace(NAMES, archive_worker_pattern=f"{tag} .*archive-(push|get):async",
+                               archive_worker_grace=grace)
+
+
+def conf_with_workers(box: Sandbox, repo_path: str) -> NodeFile:
+    """pgBackRest's configuration with the follow-up actions the program gives it."""
+    return dataclasses.replace(box.conf("pass-1", repo_path=repo_path), actions=(TLS_RESTART, ARCHIVE_WORKERS))
+
+
+def test_a_running_archive_worker_finishes_its_run_before_the_step_ends(box: Sandbox, tag: str) -> None:
+    """Ending a worker mid-run made its archive_command wait out archive-timeout (60 s) and fail once: the
+    key rotation's lab test saw that failure. The step waits for the worker instead."""
+    names = worker_names(tag, grace=20)
+    assert box.run([conf_with_workers(box, "/lab")], names=names).returncode == 0
+    worker = Worker(box, tag, seconds=2)
+    try:
+        started = time.monotonic()
+        result = box.run([conf_with_workers(box, "/new")], names=names)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert "pgBackRest configuration changed (1 archive worker(s) running, 0 ended after 20 s)" in result.stdout
+        assert worker.marker.exists(), "the worker was ended before it finished its run"
+        assert 1 < took < 15, took
+    finally:
+        worker.stop()
+
+
+def test_an_archive_worker_still_running_after_the_grace_is_ended(box: Sandbox, tag: str) -> None:
+    names = worker_names(tag, grace=2)
+    assert box.run([conf_with_workers(box, "/lab")], names=names).returncode == 0
+    stuck = Worker(box, tag, seconds=120)
+    not_postgres = Worker(box, tag, seconds=120, user="nobody")
+    try:
+        started = time.monotonic()
+        result = box.run([conf_with_workers(box, "/new")], names=names)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert "pgBackRest configuration changed (1 archive worker(s) running, 1 ended after 2 s)" in result.stdout
+        stuck.process.wait(timeout=10)
+        assert not stuck.marker.exists()
+        assert 1.5 < took < 8, took
+        assert not_postgres.alive(), "a process of another user was ended"
+    finally:
+        stuck.stop()
+        not_postgres.stop()
+
+
+def test_no_archive_worker_running_no_wait(box: Sandbox, tag: str) -> None:
+    names = worker_names(tag, grace=20)
+    assert box.run([conf_with_workers(box, "/lab")], names=names).returncode == 0
+    started = time.monotonic()
+    result = box.run([conf_with_workers(box, "/new")], names=names)
+    assert result.returncode == 0, result.stderr
+    assert "pgBackRest configuration changed (0 archive worker(s) running, 0 ended after 20 s)" in result.stdout
+    assert time.monotonic() - started < 5
 
 
 def test_manifest_lines_carry_base64_content() -> None:
