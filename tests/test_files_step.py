@@ -301,7 +301,7 @@ class Worker:
 
     def stop(self) -> None:
         if self.alive():
-            subprocess.run(["pkill", "-f", self.marker.name], check=False)
+            subprocess.run(["pkill", "-f", str(self.marker)], check=False)  # its bash (sleep ends alone)
             self.process.kill()
         self.process.wait(timeout=10)
 
