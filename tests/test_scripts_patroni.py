@@ -56,7 +56,13 @@ printf 'runuser %s\n' "$*" >>"$FAKE/calls"
 case " $* " in
   *" python3 "*) shift 3 && exec "$@" ;;
   *" psql "*) echo on ;;
-  *" --output=json info "*) cat "$FAKE/info.json" ;;
+  *" --output=json info "*)
+    if [[ -e "$FAKE/info.fail" ]]; then
+      cat "$FAKE/info.fail" >&2
+      exit 1
+    fi
+    cat "$FAKE/info.json"
+    ;;
   *" repo-ls archive "*) cat "$FAKE/repo-ls-archive.json" ;;
   *" repo-ls backup "*) cat "$FAKE/repo-ls-backup.json" ;;
   *" backup ") # the n-th backup answers with backup/<n> (its exit status, then its output), else succeeds
@@ -185,14 +191,62 @@ def pgbackrest_calls(result: Result) -> list[str]:
 # -- a healthy cluster -------------------------------------------------------------------------------------
 
 
+INFO_CALL = "runuser -u postgres -- env --chdir=/ pgbackrest --stanza=main --output=json info"
+CREATE_CALL = "runuser -u postgres -- env --chdir=/ pgbackrest --stanza=main --log-level-console=warn stanza-create"
+STATUS = {0: "ok", 1: "missing stanza path", 2: "no valid backups", 3: "missing stanza data",
+          4: "different across repos"}
+
+
+def stanza_in_repos(*codes: int) -> list[dict[str, Any]]:
+    """`pgbackrest info --output=json` of stanza main whose repositories 1..n have these status codes (2.45's
+    shape: a status per repository, and the stanza's own, 4 when they differ)."""
+    own = codes[0] if len(set(codes)) == 1 else 4
+    return [{"name": "main", "archive": [], "backup": [], "db": [], "cipher": "aes-256-cbc",
+             "repo": [{"key": i, "cipher": "aes-256-cbc", "status": {"code": c, "message": STATUS[c]}}
+                      for i, c in enumerate(codes, start=1)],
+             "status": {"code": own, "message": STATUS[own], "lock": {"backup": {"held": False}}}}]
+
+
 @pytest.mark.parametrize("version", sorted(VERSIONS))
 def test_the_leader_creates_the_stanza(run: Run, tmp_path: Path, version: str) -> None:
-    result = run_step(run, tmp_path, "pg1", "stanza", [member_list(version, VERSIONS[version])])
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list(version, VERSIONS[version])],
+                      info=stanza_in_repos(1, 1))
     assert result.returncode == 0, result.stderr
-    assert pgbackrest_calls(result) == [
-        "runuser -u postgres -- env --chdir=/ pgbackrest --stanza=main --log-level-console=warn stanza-create"]
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]
     assert "role=leader: stanza main ready" in result.stdout
     assert result.called("sleep") == []
+
+
+@pytest.mark.parametrize("codes", [(0, 0), (0, 2), (2, 2), (2,)])
+def test_a_stanza_every_repository_holds_is_not_created_again(run: Run, tmp_path: Path,
+                                                               codes: tuple[int, ...]) -> None:
+    """stanza-create would take the archive lock that an asynchronous archive-push worker forked at that moment
+    needs (its archive_command then waits archive-timeout and fails): a stanza already there is left alone."""
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])],
+                      info=stanza_in_repos(*codes))
+    assert result.returncode == 0, result.stderr
+    assert pgbackrest_calls(result) == [INFO_CALL]
+    assert "role=leader: stanza main ready (present in every repository)" in result.stdout
+
+
+@pytest.mark.parametrize("codes", [(0, 1), (1, 0), (0, 3), (2, 1)])
+def test_a_repository_without_the_stanza_gets_it(run: Run, tmp_path: Path, codes: tuple[int, ...]) -> None:
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])],
+                      info=stanza_in_repos(*codes))
+    assert result.returncode == 0, result.stderr
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]
+    assert "role=leader: stanza main ready" in result.stdout
+    assert "present in every repository" not in result.stdout
+
+
+def test_when_info_fails_stanza_create_runs_and_says_why(run: Run, tmp_path: Path) -> None:
+    """A repository info cannot read: stanza-create runs, and its own error is the one reported."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "info.fail").write_text("ERROR: [039]: HTTP request failed with 403 (Forbidden)\n")
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])])
+    assert result.returncode == 0, result.stderr
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))  # pg2 is a Replica, Quorum Standby, Sync Standby
@@ -295,7 +349,7 @@ def test_a_leader_that_appears_during_the_wait_is_found(run: Run, tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert len(result.called("patronictl")) == 3
     assert result.called("sleep") == ["sleep 2"] * 2
-    assert len(pgbackrest_calls(result)) == 1
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]
 
 
 # -- what must fail ------------------------------------------------------------------------------------------
