@@ -109,10 +109,32 @@ class Lab:
     def replicas(self) -> list[str]:
         return [m["Member"] for m in self.members() if m.get("Role") != "Leader"]
 
+    def streaming_replicas(self, leader: str) -> set[str]:
+        """The members the leader's walsenders stream to (Patroni names each standby's connection after it)."""
+        try:
+            out = self.sql(leader, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+        except (AssertionError, subprocess.TimeoutExpired):
+            return set()
+        return set(out.split())
+
+    def not_following(self, members: list[dict[str, Any]] | None = None) -> list[str]:
+        """Replicas that Patroni lists as running but that do not follow the leader: another timeline, or no
+        stream from it (a standby that replayed past the point where the leader's timeline forked asks for WAL
+        the leader cannot give, and Patroni 3.0 still lists it as 'running')."""
+        members = self.members() if members is None else members
+        leaders = [m for m in members if m.get("Role") == "Leader"]
+        if len(leaders) != 1:
+            return [str(m["Member"]) for m in members if m.get("Role") != "Leader"]
+        streaming = self.streaming_replicas(str(leaders[0]["Member"]))
+        return [str(m["Member"]) for m in members if m.get("Role") != "Leader"
+                and (m.get("TL") != leaders[0].get("TL") or m["Member"] not in streaming)]
+
     def wait_healthy(self, timeout: float = 180, count: int = 3) -> list[dict[str, Any]]:
-        """Until one leader and count-1 replicas are running/streaming with nothing pending."""
+        """Until one leader and count-1 replicas are running/streaming with nothing pending, every replica on the
+        leader's timeline and streaming from it."""
         deadline = time.monotonic() + timeout
         members: list[dict[str, Any]] = []
+        lagging: list[str] = []
         while time.monotonic() < deadline:
             try:
                 members = self.members()
@@ -121,9 +143,11 @@ class Lab:
             leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
             ok = [m for m in members if m.get("State") in ("running", "streaming") and not m.get("Pending restart")]
             if len(leaders) == 1 and len(ok) == count:
-                return members
+                lagging = self.not_following(members)
+                if not lagging:
+                    return members
             time.sleep(2)
-        raise AssertionError(f"cluster not healthy after {timeout} s: {members}")
+        raise AssertionError(f"cluster not healthy after {timeout} s: {members}; not following the leader: {lagging}")
 
     def wait_archived(self, segment: str, timeout: float = 120) -> None:
         """Until the repository's archive holds `segment` (a WAL file name)."""
