@@ -177,6 +177,21 @@ class Lab:
                   "tail -n 15 /var/log/pgbackrest/*archive-push-async.log")
         return f"{leader}:\n" + self.ssh(leader, script, check=False).stdout
 
+    def archive_failure_story(self, node: str, since: str) -> str:
+        """For each archive_command that failed on `node` since `since` (a journalctl time): what the
+        asynchronous archive-push workers and the archive-lock takers (stanza-create) did in the minute before,
+        one short line each (for a failure message whose end is what CI shows)."""
+        script = (
+            f"journalctl -u patroni -o short-iso-precise --since {shlex.quote(since)} --no-pager "
+            "| grep -oE 'unable to push WAL file .[0-9A-F]{24}. .*' | sort -u | head -n 3; "
+            "for f in /var/log/pgbackrest/*archive-push-async.log /var/log/pgbackrest/*stanza-create.log; do "
+            "  echo \"-- ${f##*/}\"; "
+            "  grep -E 'command (begin|end)|ERROR|WARN|push [0-9]+ WAL' \"$f\" | tail -n 14 "
+            "  | sed -E 's/ (--[a-z0-9-]+(=[^ ]*)? ?)+$//; s/(begin [0-9.]+:).*/\\1/' | cut -c1-150; "
+            "done")
+        return f"\n== {node}: failed archive_commands, then the workers' and stanza-create's last lines\n" + \
+            self.ssh(node, script, check=False).stdout
+
     def switch_wal(self, node: str) -> str:
         """Close the current WAL segment (in its own transaction); returns its file name. A WAL record is
         written first (a logical message, replayed as a no-op): with nothing written since the last switch,
