@@ -182,8 +182,8 @@ class Lab:
         asynchronous archive-push workers and the archive-lock takers (stanza-create) did in the minute before,
         one short line each (for a failure message whose end is what CI shows)."""
         script = (
-            f"journalctl -u patroni -o short-iso-precise --since {shlex.quote(since)} --no-pager "
-            "| grep -oE 'unable to push WAL file .[0-9A-F]{24}. .*' | sort -u | head -n 3; "
+            f"journalctl -u patroni -o cat --since {shlex.quote(since)} --no-pager "
+            "| grep -E 'unable to push WAL file|archive command failed' | tail -n 6 | cut -c1-200; "
             "for f in /var/log/pgbackrest/*archive-push-async.log /var/log/pgbackrest/*stanza-create.log; do "
             "  echo \"-- ${f##*/}\"; "
             "  grep -E 'command (begin|end)|ERROR|WARN|push [0-9]+ WAL' \"$f\" | tail -n 14 "

@@ -674,8 +674,6 @@ def test_key_rotation_loses_no_archive_and_the_old_key_is_refused(lab: Lab) -> N
         after = archiver(lab, leader)
         assert after[1] == before[1], (
             f"archive failures during the rotation: {before} -> {after}\n" + lab.archiving_diagnosis()
-            + lab.ssh(leader, "journalctl -u patroni -o cat --since -10min | grep -E 'ERROR|archive command failed' "
-                              "| tail -n 6", check=False).stdout
             + lab.archive_failure_story(leader, "-10min"))
         assert after[0] >= before[0] + len(written), (before, after, len(written))
         assert len(written) >= 2, written  # segments were switched (and archived) while the key changed
