@@ -70,6 +70,14 @@ def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> s
     return result
 
 
+class Stranded(AssertionError):
+    """Replicas that will not follow the leader on their own (Lab.wait_healthy's stranded_after)."""
+
+    def __init__(self, members: list[str], message: str) -> None:
+        super().__init__(message)
+        self.members = members
+
+
 @dataclass
 class Lab:
     env: dict[str, str]
@@ -129,12 +137,16 @@ class Lab:
         return [str(m["Member"]) for m in members if m.get("Role") != "Leader"
                 and (m.get("TL") != leaders[0].get("TL") or m["Member"] not in streaming)]
 
-    def wait_healthy(self, timeout: float = 180, count: int = 3) -> list[dict[str, Any]]:
+    def wait_healthy(self, timeout: float = 180, count: int = 3, stranded_after: float | None = None
+                     ) -> list[dict[str, Any]]:
         """Until one leader and count-1 replicas are running/streaming with nothing pending, every replica on the
-        leader's timeline and streaming from it."""
+        leader's timeline and streaming from it. `stranded_after`: give up early (Stranded) once a replica has
+        been running on another timeline than the leader's, with no stream from it, for that many seconds in a
+        row: a standby that replayed past the new timeline's fork never follows on its own."""
         deadline = time.monotonic() + timeout
         members: list[dict[str, Any]] = []
         lagging: list[str] = []
+        off_since: dict[str, float] = {}
         while time.monotonic() < deadline:
             try:
                 members = self.members()
@@ -142,10 +154,19 @@ class Lab:
                 members = []
             leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
             ok = [m for m in members if m.get("State") in ("running", "streaming") and not m.get("Pending restart")]
-            if len(leaders) == 1 and len(ok) == count:
+            if len(leaders) == 1 and (len(ok) == count or stranded_after is not None):
                 lagging = self.not_following(members)
-                if not lagging:
+                if not lagging and len(ok) == count:
                     return members
+            if stranded_after is not None and len(leaders) == 1:
+                now = time.monotonic()
+                off = {str(m["Member"]) for m in members if m.get("Role") != "Leader" and m.get("State") == "running"
+                       and m.get("TL") != leaders[0].get("TL") and str(m["Member"]) in lagging}
+                off_since = {name: off_since.get(name, now) for name in off}
+                stuck = sorted(name for name, since in off_since.items() if now - since >= stranded_after)
+                if stuck:
+                    raise Stranded(stuck, f"{stuck} on another timeline than the leader's and not streaming for "
+                                          f"{stranded_after:.0f} s: {members}")
             time.sleep(2)
         raise AssertionError(f"cluster not healthy after {timeout} s: {members}; not following the leader: {lagging}")
 

@@ -22,7 +22,18 @@ from botocore.exceptions import ClientError
 from components.cluster import VersionMismatch
 from components.report import repo_of
 from lab import driver
-from lab.control import FACTS, LAB_DIR, PG_DATA, SCOPE, STANZA, AuthenticatedS3, Lab, host_pgbackrest_deb, sh
+from lab.control import (
+    FACTS,
+    LAB_DIR,
+    PG_DATA,
+    SCOPE,
+    STANZA,
+    AuthenticatedS3,
+    Lab,
+    Stranded,
+    host_pgbackrest_deb,
+    sh,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -295,12 +306,14 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
     # timeline past the point where the new leader's forked (the victim, or the other replica when it had
     # received more than the new leader) cannot follow, although Patroni 3.0 lists it as running; a backup from
     # it as the standby then waits for a replay that never comes. When a member does not follow within
-    # 3 minutes, the operator's remedy is a reinit, which rebuilds it through the pgbackrest replica method.
+    # 3 minutes (or that runs on another timeline than the leader's, with no stream from it, for 30 s: it will
+    # not follow on its own), the operator's remedy is a reinit, which rebuilds it through the pgbackrest
+    # replica method.
     lab.boot_nodes()
     try:
-        lab.wait_healthy(timeout=180)
+        lab.wait_healthy(timeout=180, stranded_after=30)
     except AssertionError as unhealthy:
-        stuck = lab.not_following() or [victim]
+        stuck = unhealthy.members if isinstance(unhealthy, Stranded) else (lab.not_following() or [victim])
         for member in stuck:
             journal = lab.ssh(member, f"journalctl -u patroni -u postgresql@{FACTS['pg_version']}-main --no-pager -o cat -n 30", check=False)
             print(f"\n{unhealthy}\n{member} does not follow the leader: reinit. Its journal ends:\n{journal.stdout}")
