@@ -480,6 +480,15 @@ class PgBackRestConfig(_Model):
     archive_timeout: int = Field(default=60, ge=1, le=3600,
                                  description="Patroni's `archive_timeout`: the RPO bound on a quiet database")
     tls_server_port: int = Field(default=8432, ge=1, le=65535, description="pgBackRest's TLS server, between nodes")
+    legacy_short_cipher_pass: bool = Field(
+        default=False,
+        description="`true`: accept a `pgbackup:cipherPass` under 32 characters (never an empty one) for a repository "
+                    "that already exists encrypted with it: its passphrase cannot change (a new one is refused for "
+                    "an existing repository), so the program cannot refuse it. Warned on every run; refused with a "
+                    "`cipherPass` of 32 characters or more, or none. Move to a new repository with a long passphrase "
+                    "(a new `storage.repoPath`) when you can",
+        json_schema_extra=doc(short="true: accept a cipherPass under 32 characters (not empty) for a repository "
+                                    "that already exists with it (warned on every run)"))
 
     @field_validator("archive_push_queue_max")
     @classmethod
@@ -666,7 +675,8 @@ SECRET_KEYS: dict[str, SecretKey] = {
     "cipherPass": SecretKey(
         when="generated when absent",
         meaning="the passphrase that encrypts the repository (64 characters when generated, kept in the state); "
-                "one line without whitespace, warned under 32 characters (below)"),
+                "one line without whitespace, 32 characters or more (a shorter one only with "
+                "`pgbackrest.legacyShortCipherPass`, below)"),
     "accessKeyId": SecretKey(
         when="only with `storage.create: false`",
         meaning="the access key id of an existing key that reaches the bucket"),
@@ -807,12 +817,15 @@ def parse_offsite(raw: Mapping[str, Any], retention: RetentionConfig) -> Offsite
     return offsite
 
 
-# A passphrase shorter than this is accepted with a warning (the generated one has 64 characters).
+# A passphrase shorter than this is refused, unless pgbackrest.legacyShortCipherPass says the repository exists
+# with it (the generated one has 64 characters).
 CIPHER_PASS_MIN = 32
 
 
-def _secret(config: pulumi.Config, key: str) -> pulumi.Output[str] | None:
-    """A secret key's value, checked in plain (never shown) before it is wrapped as a secret Output."""
+def _secret(config: pulumi.Config, key: str, pgbackrest: PgBackRestConfig | None = None
+            ) -> pulumi.Output[str] | None:
+    """A secret key's value, checked in plain (never shown) before it is wrapped as a secret Output; cipherPass
+    against `pgbackrest` (its legacyShortCipherPass)."""
     value = config.get(key)
     if value is None:
         return None
@@ -829,10 +842,45 @@ def _secret(config: pulumi.Config, key: str) -> pulumi.Output[str] | None:
             raise ConfigError(
                 f"{NAMESPACE}:cipherPass: must be set as a secret: pulumi config set --secret pgbackup:cipherPass "
                 "... (it decrypts every backup; a plain value is stored readable in the stack file)")
-        if len(value) < CIPHER_PASS_MIN:
-            pulumi.log.warn(f"{NAMESPACE}:cipherPass: shorter than {CIPHER_PASS_MIN} characters; "
-                            "`openssl rand -base64 48` gives 64")
+        _check_cipher_pass_length(value, pgbackrest or PgBackRestConfig())
     return config.get_secret(key)
+
+
+def _check_cipher_pass_length(value: str | None, pgbackrest: PgBackRestConfig) -> None:
+    """A cipherPass under CIPHER_PASS_MIN characters is refused: the program cannot tell a new repository from an
+    existing one, so the stack says which with pgbackrest.legacyShortCipherPass (warned on every run). Its
+    length is never shown."""
+    legacy = f"{NAMESPACE}:pgbackrest.legacyShortCipherPass"
+    if value is None or len(value) >= CIPHER_PASS_MIN:
+        if pgbackrest.legacy_short_cipher_pass:
+            given = "is generated" if value is None else f"has {CIPHER_PASS_MIN} characters or more"
+            raise ConfigError(f"{legacy}: only for a {NAMESPACE}:cipherPass under {CIPHER_PASS_MIN} characters, and "
+                              f"this stack's {given}: remove the setting")
+        return
+    fix = (f"`openssl rand -base64 48` prints 64 on one line, or remove {NAMESPACE}:cipherPass and one of 64 is "
+           "generated")
+    if not value:
+        raise ConfigError(f"{NAMESPACE}:cipherPass: empty: expected a passphrase of {CIPHER_PASS_MIN} characters or "
+                          f"more ({fix})")
+    if not pgbackrest.legacy_short_cipher_pass:
+        raise ConfigError(
+            f"{NAMESPACE}:cipherPass: shorter than {CIPHER_PASS_MIN} characters: a new repository needs "
+            f"{CIPHER_PASS_MIN} or more ({fix}). Only for a repository that already exists encrypted with this "
+            f"passphrase (it cannot change), set {legacy}: true")
+    pulumi.log.warn(f"{NAMESPACE}:cipherPass: shorter than {CIPHER_PASS_MIN} characters, accepted by {legacy} for "
+                    "a repository that exists with it; move to a new repository (a new storage.repoPath) with a "
+                    "passphrase of 64 (`openssl rand -base64 48`)")
+
+
+def tls_warnings(locations: Iterable[tuple[str, StorageConfig | None]]) -> list[str]:
+    """One warning per location (pgbackup:storage, pgbackup:offsite) whose verifyTls is false: its endpoint's
+    certificate is not checked, and keys are sent there (the program's and the nodes')."""
+    return [
+        f"{NAMESPACE}:{key}.verifyTls is false: the TLS certificate of {location.endpoint} (bucket "
+        f"{location.bucket}, {location.repo_path}) is NOT checked, by the program nor by pgBackRest on the nodes: "
+        "whoever answers there receives the provider's admin key (when the program creates the bucket and key) "
+        f"and the repository's key. Give the endpoint's CA in {key}.caCert instead"
+        for key, location in locations if location is not None and not location.verify_tls]
 
 
 def load_settings(config: pulumi.Config | None = None) -> Settings:
@@ -849,6 +897,8 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
             f"{', '.join(unpinned) or 'no node (every node has a hostKey: remove the setting)'} are NOT checked; "
             "whoever answers on their SSH port receives the S3 key, the cipher passphrase and the TLS keys. "
             "Pin them with hostKey (ssh-keyscan -t ed25519 <host>)")
+    for warning in tls_warnings((("storage", storage), ("offsite", parse_offsite(raw, retention)))):
+        pulumi.log.warn(warning)
 
     ssh_key = _secret(config, "sshPrivateKey")
     if ssh_key is None:
@@ -860,6 +910,9 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     offsite = parse_offsite(raw, retention)
     offsite_key_id, offsite_secret = _given_key(config, "offsite", offsite, "offsiteAccessKeyId",
                                                 "offsiteSecretAccessKey")
+    cipher_pass = _secret(config, "cipherPass", pgbackrest)
+    if cipher_pass is None:
+        _check_cipher_pass_length(None, pgbackrest)  # generated: RandomPassword(length=64) in components/cluster.py
     return Settings(
         storage=storage,
         cluster=cluster,
@@ -869,7 +922,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         monitoring=monitoring,
         drill=drill,
         ssh_private_key=ssh_key,
-        cipher_pass=_secret(config, "cipherPass"),
+        cipher_pass=cipher_pass,
         access_key_id=access_key_id,
         secret_access_key=secret_access_key,
         offsite=offsite,

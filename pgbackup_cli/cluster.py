@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
+from components.config import tls_warnings
 from components.layout import NAMES, PATHS
 from pgbackup_cli.remote import Node, RemoteError, warn
 from pgbackup_cli.repository import newest_wal_time, wal_listing_path
@@ -23,6 +24,8 @@ class Cluster:
         cluster = stack.cluster
         if cluster.insecure_skip_host_key_check:
             warn("pgbackup:cluster.insecureSkipHostKeyCheck is true: unpinned nodes are reached unchecked")
+        for message in tls_warnings((("storage", stack.storage), ("offsite", stack.offsite))):
+            warn(message)  # pgBackRest on the nodes, which the command runs, does not check the certificate either
         self.nodes = {n.name: Node(n, key, insecure=cluster.insecure_skip_host_key_check) for n in cluster.nodes}
         self.q = shlex.quote
 

@@ -21,6 +21,7 @@ from components.config import (
     ScheduleConfig,
     StorageConfig,
     check_known_keys,
+    parse_offsite,
     parse_settings,
 )
 
@@ -34,6 +35,7 @@ class Stack:
     retention: RetentionConfig
     pgbackrest: PgBackRestConfig
     drill: DrillConfig
+    offsite: StorageConfig | None = None
 
     @property
     def pg_data(self) -> str:
@@ -68,4 +70,4 @@ def load_stack(stack: str, directory: Path = Path()) -> Stack:
     objects = {key: value for key, value in raw.items() if key in OBJECT_KEYS}
     check_known_keys(raw)
     storage, cluster, schedule, retention, pgbackrest, _monitoring, drill = parse_settings(objects, stack=stack)
-    return Stack(stack, storage, cluster, schedule, retention, pgbackrest, drill)
+    return Stack(stack, storage, cluster, schedule, retention, pgbackrest, drill, parse_offsite(objects, retention))

@@ -12,7 +12,14 @@ import pulumi
 import pytest
 import yaml
 
-from components.config import ConfigError, check_known_keys, is_secret_key, parse_settings, stack_keys
+from components.config import (
+    CIPHER_PASS_MIN,
+    ConfigError,
+    check_known_keys,
+    is_secret_key,
+    parse_settings,
+    stack_keys,
+)
 from tests.harness import ROOT, SENTINELS, Run, host_key, run_program, stack_config
 
 
@@ -363,15 +370,111 @@ def test_a_cipher_pass_set_without_secret_is_refused() -> None:
         run_program(stack_config(cipherPass=GOOD_PASS), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"]})
 
 
-def test_a_short_cipher_pass_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+def cipher_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "cipherPass" in r.getMessage()]
+
+
+@pytest.mark.parametrize("short", ["short-pass", GOOD_PASS[:31], ""])
+def test_a_short_or_empty_cipher_pass_is_refused_before_anything_is_declared(short: str) -> None:
+    """It was only warned about (an empty one too): the repository was created encrypted with it, for good."""
+    run = Run()
+    expected = (r"pgbackup:cipherPass: empty: expected a passphrase of 32 characters or more" if not short else
+                r"pgbackup:cipherPass: shorter than 32 characters: a new repository needs 32 or more .*Only for a "
+                r"repository that already exists encrypted with this passphrase \(it cannot change\), set "
+                r"pgbackup:pgbackrest\.legacyShortCipherPass: true")
+    with pytest.raises(Exception, match=expected) as info:
+        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": short},
+                    run=run)
+    assert run.resources == []
+    assert not short or short not in str(info.value)
+    # The opt-out for an existing repository never takes an empty one.
+    if not short:
+        with pytest.raises(Exception, match="pgbackup:cipherPass: empty"):
+            run_program(stack_config(pgbackrest={"legacyShortCipherPass": True}),
+                        secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": short})
+
+
+def test_32_characters_are_enough_and_say_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": "short-pass"})
-    warnings = [r.getMessage() for r in caplog.records if "cipherPass" in r.getMessage()]
-    assert warnings == ["pgbackup:cipherPass: shorter than 32 characters; `openssl rand -base64 48` gives 64"]
+        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"],
+                                             "cipherPass": GOOD_PASS[:32]})
+    assert cipher_warnings(caplog) == []
+
+
+def test_an_existing_repositorys_short_cipher_pass_is_accepted_only_when_the_stack_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    legacy = stack_config(pgbackrest={"legacyShortCipherPass": True})
+    with caplog.at_level(logging.WARNING):
+        run_program(legacy, secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": "short-pass"})
+    assert cipher_warnings(caplog) == [
+        "pgbackup:cipherPass: shorter than 32 characters, accepted by pgbackup:pgbackrest.legacyShortCipherPass for a "
+        "repository that exists with it; move to a new repository (a new storage.repoPath) with a passphrase of 64 "
+        "(`openssl rand -base64 48`)"]
+    assert all("short-pass" not in message for message in cipher_warnings(caplog))
+    # The setting with a long passphrase, or a generated one, is a leftover: refused.
+    for secrets, given in (({"cipherPass": GOOD_PASS}, "has 32 characters or more"), ({}, "is generated")):
+        with pytest.raises(Exception, match=re.escape(
+                f"pgbackup:pgbackrest.legacyShortCipherPass: only for a pgbackup:cipherPass under 32 characters, and "
+                f"this stack's {given}: remove the setting")):
+            run_program(legacy, secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], **secrets})
+
+
+def test_the_generated_cipher_pass_is_long_enough() -> None:
+    run = run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"]})
+    generated = run.named("cluster-cipher-pass")
+    assert generated.inputs["length"] >= CIPHER_PASS_MIN
+    assert generated.inputs["special"] is False  # no character pgbackrest.conf or a shell would read otherwise
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod", "lab"])
+def test_the_projects_stacks_pass_the_cipher_pass_rule(stack: str) -> None:
+    """None sets cipherPass (a generated one is used) nor the opt-out: the rule leaves them valid."""
+    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert "pgbackup:cipherPass" not in config
+    pgbackrest = config.get("pgbackup:pgbackrest") or {}
+    assert "legacyShortCipherPass" not in pgbackrest
+
+
+def tls_warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "verifyTls" in r.getMessage()]
+
+
+def test_verify_tls_false_is_warned_about_on_every_run_naming_the_key_and_the_endpoint(
+        caplog: pytest.LogCaptureFixture) -> None:
+    storage = {**stack_config()["storage"], "verifyTls": False}
+    offsite = {"provider": "minio", "endpoint": "minio.offsite.example:9000", "bucket": "pg-monthly",
+               "verifyTls": False}
+    for config in (stack_config(storage=storage), stack_config(storage=storage)):  # two runs, two warnings
+        with caplog.at_level(logging.WARNING):
+            run_program(config)
+    expected = ("pgbackup:storage.verifyTls is false: the TLS certificate of s3.example.net (bucket pg-backups, "
+                "/pgbackrest) is NOT checked, by the program nor by pgBackRest on the nodes: whoever answers there "
+                "receives the provider's admin key (when the program creates the bucket and key) and the "
+                "repository's key. Give the endpoint's CA in storage.caCert instead")
+    assert tls_warnings_of(caplog) == [expected, expected]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        run_program(stack_config(), secrets={"sshPrivateKey": SENTINELS["sshPrivateKey"], "cipherPass": GOOD_PASS})
-    assert not [r for r in caplog.records if "cipherPass" in r.getMessage()]
+        run_program(stack_config(offsite=offsite, retention={"full": 4, "monthly": 12}))
+    assert [message.split(" is NOT")[0] for message in tls_warnings_of(caplog)] == [
+        "pgbackup:offsite.verifyTls is false: the TLS certificate of minio.offsite.example:9000 (bucket pg-monthly, "
+        "/pgbackrest)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_program(stack_config())
+    assert tls_warnings_of(caplog) == []
+
+
+def test_the_operator_command_warns_about_verify_tls_false(capsys: pytest.CaptureFixture[str]) -> None:
+    from pgbackup_cli.cluster import Cluster
+    from pgbackup_cli.stack import Stack
+
+    storage, cluster, schedule, retention, pgbackrest, _monitoring, drill = parse_settings(
+        stack_config(storage={**stack_config()["storage"], "verifyTls": False}))
+    Cluster(Stack("test", storage, cluster, schedule, retention, pgbackrest, drill), None)
+    assert "pgbackup: warning: pgbackup:storage.verifyTls is false: the TLS certificate of s3.example.net" in \
+        capsys.readouterr().err
+    Cluster(Stack("test", *parse_settings(stack_config())[:5], parse_settings(stack_config())[6]), None)
+    assert "verifyTls" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("pem", [

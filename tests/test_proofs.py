@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import types
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from components.proofs import last_drill, last_verify, proofs_of
+from components import proofs as proofs_module
+from components.proofs import Unreadable, last_drill, last_verify, proofs_of, read_drill, read_verify
 from tests.harness import healthy_stdout, node_files, run_program, stack_config, verify_report
 
 SCRIPT = "/usr/local/lib/pgbackup/pgbackup-verify"
@@ -205,21 +207,180 @@ def test_last_verify_and_last_drill_are_the_contracts_fields_or_null() -> None:
     assert last_drill(json.dumps({**DRILL, "replayedToArchiveEnd": "no"})) is None
 
 
-def test_outputs_are_the_newest_across_nodes() -> None:
+NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)  # the program's clock in these tests
+
+
+def test_outputs_are_the_newest_across_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proofs_module, "clock", lambda: NOW)
     older, newer = state(time="2026-11-25T05:00:00Z"), state(time="2026-11-26T05:00:00Z", ok=True,
                                                               errors={"checksum": 0, "missing_wal": 0, "other": 0})
-    proofs = {"cluster-pg1-verify": {"verify": json.dumps(older), "drill": "not json"},
-              "cluster-pg2-verify": {"verify": json.dumps(newer), "drill": json.dumps(DRILL)},
-              "cluster-pg3-verify": {"verify": None, "drill": None}}
+    proofs: dict[str, dict[str, Any]] = {
+        "cluster-pg1-verify": {"verify": json.dumps(older), "drill": "not json"},
+        "cluster-pg2-verify": {"verify": json.dumps(newer), "drill": json.dumps(DRILL)},
+        "cluster-pg3-verify": {"verify": None, "drill": None}}
+    outputs = run_program(stack_config(), command_stdout=reporting(proofs)).outputs
+    assert outputs["lastVerify"] == {"time": "2026-11-26T05:00:00Z", "ok": True,
+                                     "errors": {"checksum": 0, "missing_wal": 0, "other": 0}}
+    # pg1's damaged drill file: the output says so, and is not ok, whatever pg2's drill says.
+    assert outputs["lastDrill"] == {**last_drill(json.dumps(DRILL)), "ok": False,  # type: ignore[dict-item]
+                                    "unreadable": "pg1: /var/lib/pgbackrest/pgbackup-drill.json: not JSON"}
+    assert proofs_of([json.loads(verify_report("pg1", "replica", None))], NOW) == {"lastVerify": None,
+                                                                                  "lastDrill": None}
 
+
+def reporting(proofs: dict[str, dict[str, Any]]) -> Any:
+    """The mocks' stdout: each node's verify report with the given state files' text."""
     def stdout(args: Any) -> str:
         if args.name in proofs:
             report = json.loads(healthy_stdout(args))
             return json.dumps({**report, "proofs": proofs[args.name]}) + "\n"
         return healthy_stdout(args)
+    return stdout
 
-    outputs = run_program(stack_config(), command_stdout=stdout).outputs
-    assert outputs["lastVerify"] == {"time": "2026-11-26T05:00:00Z", "ok": True,
-                                     "errors": {"checksum": 0, "missing_wal": 0, "other": 0}}
-    assert outputs["lastDrill"]["rtoSeconds"] == 61.5
-    assert proofs_of([json.loads(verify_report("pg1", "replica", None))]) == {"lastVerify": None, "lastDrill": None}
+
+def reports(**texts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Verify reports of nodes (pg1 the leader) with their state files' text."""
+    return [{"node": node, "role": "leader" if node == "pg1" else "replica", "proofs": proofs}
+            for node, proofs in texts.items()]
+
+
+DEEP = ("[" * 60000, '{"":' * 12000 + "1" + "}" * 12000,
+        json.dumps(state()).removesuffix("}") + ', "x": ' + "[" * 30000 + "]" * 30000 + "}")
+
+
+def test_deeply_nested_json_is_an_unreadable_proof_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """json.loads recurses once per level: 60000 levels (within the 64 KiB cap) raised RecursionError, which
+    failed the whole `pulumi up`. The nesting is refused before json.loads is called."""
+    for text in DEEP:
+        assert len(text) <= proofs_module.STATE_MAX_BYTES
+        with pytest.raises(Unreadable, match="nested deeper than 16 levels"):
+            read_verify(text)
+        assert last_verify(text) is None
+        assert last_drill(text) is None
+    # Brackets inside strings are no nesting (and escaped quotes do not end a string).
+    assert last_verify(json.dumps(state(node='\\"[' * 5000))) == last_verify(json.dumps(state()))
+    # Under the mocks, the whole program: the apply completes, the outputs name the node and the reason.
+    monkeypatch.setattr(proofs_module, "clock", lambda: NOW)
+    hostile = {"cluster-pg2-verify": {"verify": DEEP[0], "drill": DEEP[1]}}
+    outputs = run_program(stack_config(), command_stdout=reporting(hostile)).outputs
+    reason = "pg2: /var/lib/pgbackrest/pgbackup-{}.json: nested deeper than 16 levels"
+    assert outputs["lastVerify"] == {"time": None, "ok": False, "errors": None, "unreadable": reason.format("verify")}
+    assert outputs["lastDrill"] == {"time": None, "ok": False, "rtoSeconds": None, "restoredBytes": None,
+                                    "replayedToArchiveEnd": False, "unreadable": reason.format("drill")}
+
+
+def test_a_replicas_far_future_time_does_not_hide_the_leaders_failure() -> None:
+    """Compared as text, pg2's 2099 success was "newest" and lastVerify said ok while the leader's last
+    verification had found a corrupt file."""
+    failing = json.dumps(state())  # the leader's: 2026-11-26T05:00:00Z, one checksum error
+    forged = json.dumps(state(time="2099-01-01T00:00:00Z", ok=True, errors={"checksum": 0, "missing_wal": 0,
+                                                                              "other": 0}))
+    found = proofs_of(reports(pg1={"verify": failing}, pg2={"verify": forged}), NOW)["lastVerify"]
+    assert found == {"time": "2026-11-26T05:00:00Z", "ok": False,
+                     "errors": {"checksum": 1, "missing_wal": 0, "other": 0},
+                     "unreadable": "pg2: /var/lib/pgbackrest/pgbackup-verify.json: time 2099-01-01T00:00:00Z is "
+                                   "more than 5 minutes past this run's clock (2026-11-26T06:00:00Z): a wrong "
+                                   "clock or a forged time"}
+    drill = json.dumps({**DRILL, "time": "2099-01-01T00:00:00Z"})
+    assert proofs_of(reports(pg2={"drill": drill}), NOW)["lastDrill"]["ok"] is False  # type: ignore[index]
+    # A node's clock a little ahead of the program's (within 5 minutes) is no forgery: its result is newest.
+    ahead = state(time="2026-11-26T06:04:59Z", ok=True, errors={"checksum": 0, "missing_wal": 0, "other": 0})
+    assert proofs_of(reports(pg1={"verify": failing}, pg2={"verify": json.dumps(ahead)}), NOW)["lastVerify"] == \
+        last_verify(json.dumps(ahead))
+    # The same second on two nodes: the failure wins, whichever node comes first.
+    same = json.dumps(state(ok=True, errors={"checksum": 0, "missing_wal": 0, "other": 0}))
+    for order in ((same, failing), (failing, same)):
+        found = proofs_of(reports(pg1={"verify": order[0]}, pg2={"verify": order[1]}), NOW)["lastVerify"]
+        assert found is not None, order
+        assert found["ok"] is False, order
+
+
+@pytest.mark.parametrize("time", [
+    1795669200, -1, 1e308, "1795669200", "-001-01-01T00:00:00Z", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+    "2026-11-26T24:00:00Z", "0000-01-01T00:00:00Z", "2026-11-26T05:00:00", "2026-11-26 05:00:00Z",
+    "\u0662\u0660\u0662\u0666-11-26T05:00:00Z", "2026-11-26T05:00:00." + "1" * 100 + "Z", None, [], {},
+])
+def test_a_time_that_is_no_utc_date_is_unreadable(time: Any) -> None:
+    """Compared as text, "2026-13-01..." (no such month) was newer than any real date; a number crashed
+    nothing but was dropped silently. Each is an unreadable proof, never a result."""
+    for read, good in ((read_verify, state()), (read_drill, DRILL)):
+        with pytest.raises(Unreadable, match=r"time: (expected UTC ISO 8601|no such date)"):
+            read(json.dumps({**good, "time": time}, ensure_ascii=False))
+    text = json.dumps({**state(), "time": time}, ensure_ascii=False)
+    found = proofs_of(reports(pg1={"verify": json.dumps(state(ok=True, errors={"checksum": 0, "missing_wal": 0,
+                                                                                  "other": 0}))},
+                              pg2={"verify": text}), NOW)["lastVerify"]
+    assert found is not None
+    assert found["ok"] is False
+    assert found["unreadable"].startswith("pg2: ")
+
+
+def test_fractions_of_a_second_compare_as_time() -> None:
+    early, late = state(time="2026-11-26T05:00:00Z"), state(time="2026-11-26T05:00:00.5Z", ok=True,
+                                                            errors={"checksum": 0, "missing_wal": 0, "other": 0})
+    # As text "00Z" sorts after "00.5Z" ("Z" after "."); as time it is earlier.
+    found = proofs_of(reports(pg1={"verify": json.dumps(early)}, pg2={"verify": json.dumps(late)}),
+                      datetime(2026, 11, 26, 5, 0, 1, tzinfo=UTC))["lastVerify"]
+    assert found == last_verify(json.dumps(late))
+    assert found is not None
+    assert found["ok"] is True
+
+
+WRONG_VERIFY = [
+    ({"ok": "yes"}, "ok: expected true or false"), ({"ok": 1}, "ok: expected true or false"),
+    ({"ok": None}, "ok: expected true or false"),
+    ({"errors": []}, "errors: expected a count"), ({"errors": "0"}, "errors: expected a count"),
+    ({"errors": {"checksum": 0, "missing_wal": 0}}, "errors: expected a count"),
+    ({"errors": {"checksum": True, "missing_wal": 0, "other": 0}}, "errors: expected a count"),
+    ({"errors": {"checksum": 0, "missing_wal": -1, "other": 0}}, "errors: expected a count"),
+    ({"errors": {"checksum": 0, "missing_wal": 0, "other": 2**53}}, "errors: expected a count"),
+    ({"errors": {"checksum": 0.0, "missing_wal": 0, "other": 0}}, "errors: expected a count"),
+]
+WRONG_DRILL = [
+    ({"ok": "true"}, "ok: expected true or false"),
+    ({"replayedToArchiveEnd": "no"}, "replayedToArchiveEnd: expected true or false"),
+    ({"replayedToArchiveEnd": None}, "replayedToArchiveEnd: expected true or false"),
+    ({"rtoSeconds": "fast"}, "rtoSeconds: expected a number"), ({"rtoSeconds": -1}, "rtoSeconds: expected a number"),
+    ({"rtoSeconds": True}, "rtoSeconds: expected a number"), ({"rtoSeconds": [61]}, "rtoSeconds: expected a number"),
+    ({"restoredBytes": -1}, "restoredBytes: expected a count"), ({"restoredBytes": 1.5}, "restoredBytes: expected"),
+    ({"restoredBytes": "1175000000"}, "restoredBytes: expected a count"),
+    ({"restoredBytes": 10**400}, "not JSON"),  # past Python's digit limit for int(): a ValueError in json.loads
+    ({"rtoSeconds": None}, "ok is true without rtoSeconds"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), WRONG_VERIFY)
+def test_each_verify_field_of_a_wrong_type_is_unreadable(change: dict[str, Any], reason: str) -> None:
+    text = json.dumps(state(**change))
+    with pytest.raises(Unreadable, match=reason):
+        read_verify(text)
+    found = proofs_of(reports(pg3={"verify": text}), NOW)["lastVerify"]
+    assert found is not None
+    assert found["ok"] is False
+    assert found.get("unreadable", "").startswith("pg3: /var/lib/pgbackrest/pgbackup-verify.json: " + reason), found
+
+
+@pytest.mark.parametrize(("change", "reason"), WRONG_DRILL)
+def test_each_drill_field_of_a_wrong_type_is_unreadable(change: dict[str, Any], reason: str) -> None:
+    text = json.dumps({**DRILL, **change}) if "restoredBytes" not in change or change["restoredBytes"] != 10**400 \
+        else json.dumps(DRILL).replace("1175000000", "9" * 5000)
+    with pytest.raises(Unreadable, match=reason):
+        read_drill(text)
+    found = proofs_of(reports(pg2={"drill": text}), NOW)["lastDrill"]
+    assert found is not None
+    assert found["ok"] is False
+    assert found.get("unreadable", "").startswith("pg2: /var/lib/pgbackrest/pgbackup-drill.json: "), found
+
+
+def test_what_is_no_state_file_text_is_unreadable() -> None:
+    for text, reason in ((5, "not text (int)"), ({"time": "x"}, "not text (dict)"), ("", "not JSON"),
+                         ("[]", "not a JSON object"), ("x" * 70000, "larger than 65536 bytes")):
+        found = proofs_of(reports(pg1={"verify": text, "drill": text}), NOW)
+        assert found["lastVerify"] == {"time": None, "ok": False, "errors": None,
+                                       "unreadable": f"pg1: /var/lib/pgbackrest/pgbackup-verify.json: {reason}"}
+        assert found["lastDrill"] is not None
+        assert found["lastDrill"]["ok"] is False
+    # A report whose node name is not one is not echoed.
+    named = proofs_of([{"node": "pg1\x1b[31m", "proofs": {"verify": "{"}}], NOW)["lastVerify"]
+    assert named is not None
+    assert named.get("unreadable", "").startswith("node 1: ")
