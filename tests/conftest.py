@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.providers import ADMIN_ENV, admin_env  # noqa: E402
+from components.providers import ADMIN_ENV, admin_env
 
 # pgbackup:offsite's administrator's key, as the environment of `pulumi up` holds it (PGBACKUP_OFFSITE_*): sentinel
 # values, so a test can show where they go (and where they never go). repo1's variables are left unset.
