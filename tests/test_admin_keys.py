@@ -196,20 +196,21 @@ def test_object_lock_sets_each_repositorys_retention_with_its_own_admin_key(
 
 # --- allowedSourceIps -------------------------------------------------------------------------------------------
 
-DENY_ELSEWHERE = {
+ALLOWED_CANONICAL = ["203.0.113.7/32", "198.51.100.0/28", "2001:db8::/64"]
+DENY_ELSEWHERE: dict[str, Any] = {
     "Sid": "OnlyFromAllowedSourceIps",
     "Effect": "Deny",
     "Action": ["s3:*"],
     "Resource": ["arn:aws:s3:::*"],
-    "Condition": {"NotIpAddress": {"aws:SourceIp": ["203.0.113.7/32", "198.51.100.0/28", "2001:db8::/64"]}},
+    "Condition": {"NotIpAddress": {"aws:SourceIp": ALLOWED_CANONICAL}},
 }
 ALLOWED = ["203.0.113.7", "198.51.100.0/28", "2001:DB8::/64"]
 
 
 def test_the_policy_denies_every_s3_action_from_any_other_address() -> None:
     without = repository_policy("pg-backups", "pgbackrest")["Statement"]
-    with_ips = repository_policy("pg-backups", "pgbackrest", allowed_source_ips=DENY_ELSEWHERE["Condition"][
-        "NotIpAddress"]["aws:SourceIp"])["Statement"]
+    with_ips = repository_policy("pg-backups", "pgbackrest", allowed_source_ips=ALLOWED_CANONICAL)["Statement"]
+    assert isinstance(without, list)
     assert with_ips == [*without, DENY_ELSEWHERE]
 
 
