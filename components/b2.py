@@ -1,8 +1,10 @@
 """Backblaze B2 bucket and application key as Pulumi dynamic resources (no B2 Pulumi package exists).
 
 The account's admin key is read by the provider at call time from B2_APPLICATION_KEY_ID and
-B2_APPLICATION_KEY (the b2 CLI's names). It is never an input, and the providers hold no state, so
-nothing secret is pickled into the Pulumi state with them.
+B2_APPLICATION_KEY (the b2 CLI's names), or from the variables a resource names in `admin_env`
+(pgbackup:offsite: PGBACKUP_OFFSITE_B2_APPLICATION_KEY_ID / PGBACKUP_OFFSITE_B2_APPLICATION_KEY). The key is
+never an input (only the variables' names are), and the providers hold no state, so nothing secret is pickled
+into the Pulumi state with them.
 """
 
 from __future__ import annotations
@@ -59,25 +61,37 @@ class B2CredentialsError(B2ProviderError):
     """The admin key environment variables are missing."""
 
 
-def _credentials() -> tuple[str, str]:
-    """The admin key from the environment, read at call time."""
-    key_id = os.environ.get(ENV_KEY_ID, "").strip()
-    key = os.environ.get(ENV_KEY, "").strip()
-    missing = [name for name, value in ((ENV_KEY_ID, key_id), (ENV_KEY, key)) if not value]
+def _admin_env(props: dict[str, Any]) -> tuple[str, str]:
+    """The names of the variables holding the admin key, as the resource's `admin_env` gives them (pgbackup:offsite:
+    PGBACKUP_OFFSITE_B2_*); without it, the b2 CLI's names (pgbackup:storage, and a resource recorded before
+    `admin_env` existed: it was made with them). Names only: the values are never an input."""
+    names = _plain(props.get("admin_env"))
+    if isinstance(names, (list, tuple)) and len(names) == 2 and all(isinstance(_plain(n), str) for n in names):
+        return str(_plain(names[0])), str(_plain(names[1]))
+    return ENV_KEY_ID, ENV_KEY
+
+
+def _credentials(names: tuple[str, str] = (ENV_KEY_ID, ENV_KEY)) -> tuple[str, str]:
+    """The admin key from the environment variables `names`, read at call time."""
+    id_name, key_name = names
+    key_id = os.environ.get(id_name, "").strip()
+    key = os.environ.get(key_name, "").strip()
+    missing = [name for name, value in ((id_name, key_id), (key_name, key)) if not value]
     if missing:
         raise B2CredentialsError(
-            f"B2 credentials missing: set both {ENV_KEY_ID} and {ENV_KEY} (an account key allowed to manage "
+            f"B2 credentials missing: set both {id_name} and {key_name} (an account key allowed to manage "
             f"buckets and keys, as used by the b2 CLI) in the environment of `pulumi`; "
             f"not set: {', '.join(missing)}"
         )
     return key_id, key
 
 
-def _make_api() -> B2Api:
-    """A fresh, authorized B2Api. Module-level so tests can replace it; never stored on a provider."""
-    key_id, key = _credentials()
+def _make_api(names: tuple[str, str] = (ENV_KEY_ID, ENV_KEY)) -> B2Api:
+    """A fresh B2Api, authorized with the key in the variables `names`. Module-level so tests can replace it;
+    never stored on a provider."""
+    key_id, key = _credentials(names)
     api = B2Api(InMemoryAccountInfo())
-    with _b2_errors(f"authorization with the key from {ENV_KEY_ID}/{ENV_KEY}"):
+    with _b2_errors(f"authorization with the key from {names[0]}/{names[1]}"):
         api.authorize_account("production", key_id, key)
     return api
 
@@ -141,11 +155,16 @@ def _former_rule(olds: dict[str, Any]) -> LifecycleRule | None:
     return _rule(prefix if isinstance(prefix, str) else "", int(days))
 
 
-def _bucket_outputs(bucket_id: str, bucket_name: str, prefix: str, days: int | None, lock_days: int = 0
-                    ) -> dict[str, Any]:
+def _bucket_outputs(bucket_id: str, bucket_name: str, prefix: str, days: int | None, lock_days: int = 0,
+                    props: dict[str, Any] | None = None) -> dict[str, Any]:
     outputs: dict[str, Any] = {"bucket_id": bucket_id, "bucket_name": bucket_name, "file_name_prefix": prefix,
                                "hidden_file_retention_days": days}
-    return outputs | ({"file_lock_days": lock_days} if lock_days else {})
+    return outputs | ({"file_lock_days": lock_days} if lock_days else {}) | _admin_env_output(props or {})
+
+
+def _admin_env_output(props: dict[str, Any]) -> dict[str, Any]:
+    """`admin_env` kept in the outputs (names only), so that read and delete use the key that made the resource."""
+    return {"admin_env": list(_admin_env(props))} if props.get("admin_env") is not None else {}
 
 
 def _lock_days(props: dict[str, Any]) -> int:
@@ -190,7 +209,7 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         prefix = str(_plain(props["file_name_prefix"]))
         days = int(_plain(props["hidden_file_retention_days"]))
         lock_days = _lock_days(props)
-        api = _make_api()
+        api = _make_api(_admin_env(props))
         with _b2_errors(f"lookup of bucket '{name}'"):
             existing = api.list_buckets(bucket_name=name)
         if existing:
@@ -205,7 +224,8 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
                 f"{BUCKET_TYPE} (was {bucket.type_}) and set the lifecycle rule for '{prefix}' "
                 f"(rules were {bucket.lifecycle_rules!r}, now {rules!r})"
             )
-            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days))
+            return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days,
+                                                                           props))
         try:
             bucket = api.create_bucket(name, BUCKET_TYPE, lifecycle_rules=[_rule(prefix, days)],
                                        **({"is_file_lock_enabled": True} if lock_days else {}))
@@ -221,7 +241,8 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
                 bucket.update(**file_lock(lock_days))
         pulumi.log.info(f"B2 bucket '{name}' ({bucket.id_}) created, {BUCKET_TYPE}"
                         + (f", file lock: {lock_days} days, compliance" if lock_days else ""))
-        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days))
+        return pulumi.dynamic.CreateResult(bucket.id_, _bucket_outputs(bucket.id_, name, prefix, days, lock_days,
+                                                                       props))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         replaces = []
@@ -245,7 +266,7 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         prefix = str(_plain(news["file_name_prefix"]))
         days = int(_plain(news["hidden_file_retention_days"]))
         lock_days = _lock_days(news)
-        api = _make_api()
+        api = _make_api(_admin_env(news))
         what = f"update of the lifecycle rules of bucket '{name}' ({id_})"
         with _b2_errors(what):
             found = api.list_buckets(bucket_id=id_)
@@ -257,10 +278,10 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
             pulumi.log.info(f"B2 bucket '{name}': objectLockDays is 0 now; its file lock and default retention stay "
                             "as they are (pgbackup never lifts a lock): change them by hand if new files should not "
                             "be locked")
-        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, prefix, days, lock_days))
+        return pulumi.dynamic.UpdateResult(_bucket_outputs(id_, name, prefix, days, lock_days, news))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
-        api = _make_api()
+        api = _make_api(_admin_env(props))
         with _b2_errors(f"read of bucket {id_}"):
             found = api.list_buckets(bucket_id=id_)
         if not found:
@@ -268,7 +289,8 @@ class _B2BucketProvider(pulumi.dynamic.ResourceProvider):
         bucket = found[0]
         prefix = str(_plain(props.get("file_name_prefix")) or "")
         return pulumi.dynamic.ReadResult(
-            id_, _bucket_outputs(bucket.id_, str(bucket.name), prefix, _days_from_rules(bucket.lifecycle_rules, prefix))
+            id_, _bucket_outputs(bucket.id_, str(bucket.name), prefix, _days_from_rules(bucket.lifecycle_rules, prefix),
+                                 props=props)
         )
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -319,7 +341,7 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
         bucket_id = str(_plain(props["bucket_id"]))
         prefix = _plain(props.get("name_prefix")) or ""
         capabilities = _capability_list(props["capabilities"])
-        api = _make_api()
+        api = _make_api(_admin_env(props))
         with _b2_errors(f"creation of application key '{key_name}' for bucket {bucket_id}"):
             key = api.create_key(
                 capabilities=capabilities,
@@ -336,6 +358,7 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
                 "capabilities": capabilities,
                 "application_key_id": key.id_,
                 "application_key": key.application_key,
+                **_admin_env_output(props),
             },
         )
 
@@ -353,7 +376,7 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=False)
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
-        api = _make_api()
+        api = _make_api(_admin_env(props))
         with _b2_errors(f"read of application key '{_plain(props.get('key_name'))}' ({id_})"):
             key = api.get_key(id_)
         if key is None:
@@ -363,7 +386,7 @@ class _B2ApplicationKeyProvider(pulumi.dynamic.ResourceProvider):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         what = f"application key '{_plain(props.get('key_name'))}' ({id_})"
-        api = _make_api()
+        api = _make_api(_admin_env(props))
         try:
             with _b2_errors(f"deletion of {what}"):
                 api.delete_key_by_id(id_)
@@ -390,6 +413,8 @@ class B2BucketArgs:
     hidden_file_retention_days: pulumi.Input[int] = 30
     file_lock_days: pulumi.Input[int] = 0
     """objectLockDays: file lock on, every new version locked that many days (COMPLIANCE); 0: not set."""
+    admin_env: Sequence[str] | None = None
+    """The variables holding the admin key (names); None: B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY."""
 
 
 @dataclass
@@ -402,6 +427,8 @@ class B2ApplicationKeyArgs:
     capabilities: pulumi.Input[Sequence[pulumi.Input[str]]] = field(
         default_factory=lambda: list(DEFAULT_KEY_CAPABILITIES)
     )
+    admin_env: Sequence[str] | None = None
+    """The variables holding the admin key (names); None: B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY."""
 
 
 class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
@@ -414,7 +441,7 @@ class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
     hidden_file_retention_days: pulumi.Output[int]
 
     def __init__(self, resource_name: str, args: B2BucketArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {
+        props: dict[str, Any] = {
             "bucket_name": args.bucket_name,
             "file_name_prefix": args.file_name_prefix,
             "hidden_file_retention_days": args.hidden_file_retention_days,
@@ -422,6 +449,8 @@ class B2Bucket(pulumi.dynamic.Resource, module="b2", name="Bucket"):
         }
         if args.file_lock_days:  # absent when 0: the bucket's inputs are unchanged for a stack without a lock
             props["file_lock_days"] = args.file_lock_days
+        if args.admin_env is not None:  # absent for repo1: its inputs are unchanged
+            props["admin_env"] = list(args.admin_env)
         super().__init__(_B2BucketProvider(), resource_name, props, opts)
 
 
@@ -446,5 +475,7 @@ class B2ApplicationKey(pulumi.dynamic.Resource, module="b2", name="ApplicationKe
             "application_key_id": None,
             "application_key": None,
         }
+        if args.admin_env is not None:
+            props["admin_env"] = list(args.admin_env)
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["application_key"]))
         super().__init__(_B2ApplicationKeyProvider(), resource_name, props, opts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components.calendar import CalendarError, validate_calendar
-from components.providers import B2_KEY_NAME, PROVIDERS, b2_bucket_name_ok
+from components.providers import B2_KEY_NAME, PROVIDERS, admin_env, b2_bucket_name_ok
 from components.text import check_text, unsafe_character
 
 NAMESPACE = "pgbackup"
@@ -182,6 +183,17 @@ class StorageConfig(_Model):
         json_schema_extra=doc(short="USD per TB and month for the storageCost estimate; unset: the provider's "
                                     "list price (components/providers.py)"))
 
+    allowed_source_ips: list[str] | None = Field(
+        default=None,
+        description="the only addresses (IPs or CIDR ranges, IPv4 or IPv6) the node's key works from: the nodes' "
+                    "egress addresses as the storage sees them. A Deny statement with `NotIpAddress` on "
+                    "`aws:SourceIp` in the key's policy (s3, wasabi, minio); refused for b2 (its application keys "
+                    "have no address condition) and with `create: false` (that key's policy is yours). Unset: any "
+                    "address. The administrator's key is not limited. See [Keys that work only from the nodes]"
+                    "(#keys-that-work-only-from-the-nodes-allowedsourceips) for what it costs",
+        json_schema_extra=doc(short="IPs or CIDR ranges the node's key works from (its policy denies any other "
+                                    "source address); not for b2; unset: any address"))
+
     object_lock_days: int = Field(
         default=0, ge=0, le=3650,
         description="`0`: off. Days every new version under `repoPath` is locked in COMPLIANCE mode (nobody, the "
@@ -240,6 +252,23 @@ class StorageConfig(_Model):
             raise ValueError("expected host[:port], e.g. minio.example.net:9000")
         return normalise_host(host) + colon + port
 
+    @field_validator("allowed_source_ips")
+    @classmethod
+    def _allowed_source_ips(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list would refuse the node's key from everywhere: remove the key to allow "
+                             "any address, or list the nodes' egress addresses")
+        networks = []
+        for i, entry in enumerate(value):
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=True)))
+            except ValueError as err:
+                raise ValueError(f"entry {i}, {entry!r}: expected an IP address or a CIDR range such as "
+                                 f"203.0.113.7, 203.0.113.0/28 or 2001:db8::/64 ({err})") from None
+        return networks
+
     @field_validator("ca_cert")
     @classmethod
     def _ca_cert(cls, value: str | None) -> str | None:
@@ -265,6 +294,14 @@ class StorageConfig(_Model):
             if provider.endpoint is None:
                 raise ValueError(f"endpoint: required for provider {self.provider} (host[:port] of its S3 API)")
             endpoint = provider.endpoint.format(region=region)
+        if self.allowed_source_ips is not None and self.provider == "b2":
+            raise ValueError("allowedSourceIps: B2 cannot limit a key to source addresses (an application key has "
+                             "only capabilities, a bucket and a name prefix; no address condition): remove the key, "
+                             "or use a provider whose key policies can (s3, wasabi, minio)")
+        if self.allowed_source_ips is not None and not self.create:
+            raise ValueError("allowedSourceIps: only for a key the program creates (create: true); with create: false "
+                             "the key and its policy are yours: add the Deny statement with NotIpAddress on "
+                             "aws:SourceIp to its policy yourself")
         if self.object_lock_days > self.noncurrent_version_days:
             raise ValueError(
                 f"noncurrentVersionDays: {self.noncurrent_version_days} is shorter than objectLockDays "
@@ -817,6 +854,23 @@ def parse_offsite(raw: Mapping[str, Any], retention: RetentionConfig) -> Offsite
     return offsite
 
 
+def check_offsite_admin_key(offsite: OffsiteConfig | None, environ: Mapping[str, str] | None = None) -> None:
+    """pgbackup:offsite with `create` needs its own administrator's key (PGBACKUP_OFFSITE_*), checked before
+    anything is declared. repo1's variables are never used for it: the offsite copy may be in another account."""
+    if offsite is None or not offsite.create:
+        return
+    environ = os.environ if environ is None else environ
+    names = admin_env(offsite.provider, offsite=True)
+    missing = [name for name in names if not environ.get(name, "").strip()]
+    if missing:
+        repo1 = admin_env(offsite.provider)
+        raise ConfigError(
+            f"{NAMESPACE}:offsite: creating the offsite bucket and its key ({offsite.provider}) needs the offsite "
+            f"administrator's key in {names[0]} and {names[1]} in the environment of `pulumi` (not set: "
+            f"{', '.join(missing)}). It is never read from {repo1[0]} / {repo1[1]} (pgbackup:storage's): the offsite "
+            "copy may be in another account; for the same account, set both to the same key")
+
+
 # A passphrase shorter than this is refused, unless pgbackrest.legacyShortCipherPass says the repository exists
 # with it (the generated one has 64 characters).
 CIPHER_PASS_MIN = 32
@@ -908,6 +962,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         )
     access_key_id, secret_access_key = _given_key(config, "storage", storage, "accessKeyId", "secretAccessKey")
     offsite = parse_offsite(raw, retention)
+    check_offsite_admin_key(offsite)
     offsite_key_id, offsite_secret = _given_key(config, "offsite", offsite, "offsiteAccessKeyId",
                                                 "offsiteSecretAccessKey")
     cipher_pass = _secret(config, "cipherPass", pgbackrest)

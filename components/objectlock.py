@@ -3,7 +3,8 @@ dynamic resource on boto3.
 
 Two uses, one provider:
 - `manage` (a bucket the program created): with the administrator's key, read at call time from the
-  environment (AWS_* for s3 and wasabi, MINIO_* for minio; never an input, never in the state), check that the
+  environment (AWS_* for s3 and wasabi, MINIO_* for minio; pgbackup:offsite's from PGBACKUP_OFFSITE_AWS_* /
+  PGBACKUP_OFFSITE_MINIO_*; never an input, never in the state), check that the
   bucket has Object Lock, then set its default retention: COMPLIANCE mode, `days`. A bucket created before
   objectLockDays was set has no Object Lock; most providers turn it on only when a bucket is created, so the
   error names the key and what to do instead of leaving the repository unprotected.
@@ -32,12 +33,13 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from pulumi.runtime import rpc
 
+from components.providers import ADMIN_ENV as PROVIDER_ADMIN_ENV
+
 MODE = "COMPLIANCE"
 """Nobody, the account's root included, can delete a locked version or shorten its lock (README: "What the node's
 key can and cannot do" says why compliance, not governance)."""
 
-_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-ADMIN_ENV = {"s3": _AWS, "wasabi": _AWS, "minio": ("MINIO_USER", "MINIO_PASSWORD")}
+ADMIN_ENV = {provider: names for provider, names in PROVIDER_ADMIN_ENV.items() if provider != "b2"}
 
 # What a bucket without an Object Lock configuration answers (S3 and moto; MinIO's name in its docs).
 _NO_LOCK = {"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration", "InvalidRequest"}
@@ -72,6 +74,9 @@ class _Lock(Generic[V]):
     manage: bool
     key_id: V | None = None
     secret: V | None = None
+    admin_env: list[str] | None = None
+    """The variables holding the administrator's key (names, never values); None: ADMIN_ENV's for the provider
+    (pgbackup:storage's). pgbackup:offsite's names its own, PGBACKUP_OFFSITE_*."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Target(_Lock[str]):
     def of(cls, props: dict[str, Any]) -> Target:
         value = {name: _plain(props.get(name)) for name in cls.__dataclass_fields__}
         value["days"] = int(value["days"])
+        if value["admin_env"] is not None:
+            value["admin_env"] = [str(_plain(name)) for name in value["admin_env"]]
         return cls(**value)
 
     @property
@@ -94,7 +101,8 @@ def _credentials(target: Target, environ: Mapping[str, str]) -> tuple[str, str]:
         assert target.key_id is not None
         assert target.secret is not None
         return target.key_id, target.secret
-    id_name, secret_name = ADMIN_ENV[target.provider]
+    id_name, secret_name = (tuple(target.admin_env) if target.admin_env and len(target.admin_env) == 2
+                            else ADMIN_ENV[target.provider])
     key_id, secret = environ.get(id_name, "").strip(), environ.get(secret_name, "").strip()
     if not key_id or not secret:
         raise ObjectLockError(f"{target.key}: setting the default retention of bucket '{target.bucket}' needs the "
@@ -205,7 +213,8 @@ class _ObjectLockProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.CreateResult(f"{target.bucket}-object-lock", props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
-        changed = [name for name in _INPUTS if _plain(olds.get(name)) != _plain(news.get(name))]
+        # Which variables hold the administrator's key is not a change of the bucket's protection.
+        changed = [name for name in _INPUTS if name != "admin_env" and _plain(olds.get(name)) != _plain(news.get(name))]
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:

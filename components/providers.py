@@ -42,6 +42,25 @@ PROVIDERS: dict[str, Provider] = {
     "s3": Provider(None, "path", None, Price(23.0, "2026-04", "AWS S3 Standard, us-east-1, first 50 TB")),
 }
 
+# The storage administrator's key (it creates the bucket and the node's key): the environment variables of
+# `pulumi` that hold it, per provider, as each provider's own tools name them. Read at call time (B2's and the
+# Object Lock's dynamic providers) or by the provider plugin (pulumi-aws, pulumi-minio) for pgbackup:storage.
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+ADMIN_ENV: dict[str, tuple[str, str]] = {"b2": ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY"), "wasabi": _AWS_ENV,
+                                         "s3": _AWS_ENV, "minio": ("MINIO_USER", "MINIO_PASSWORD")}
+# pgbackup:offsite's administrator's key: the same names with this prefix, and never repo1's (no fallback): the
+# offsite copy may be in another account of the same provider, and a silent fallback to repo1's key would create
+# it in repo1's account.
+OFFSITE_ENV_PREFIX = "PGBACKUP_OFFSITE_"
+
+
+def admin_env(provider: str, offsite: bool = False) -> tuple[str, str]:
+    """The names of the environment variables holding the administrator's key id and secret of a repository at
+    `provider`: pgbackup:storage's (offsite False) or pgbackup:offsite's."""
+    key_id, secret = ADMIN_ENV[provider]
+    return (OFFSITE_ENV_PREFIX + key_id, OFFSITE_ENV_PREFIX + secret) if offsite else (key_id, secret)
+
+
 # B2's naming rules (b2_create_bucket, b2_create_key). The S3-compatible rule (lower case only) is checked
 # before these for a bucket pgbackup names.
 B2_BUCKET_RULE = "6-63 letters, digits or '-', not starting with 'b2-'"

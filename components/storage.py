@@ -12,7 +12,8 @@ the program is deleted at the end of the update, and not at all when a step fail
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -23,7 +24,9 @@ import pulumi_random as random
 from components.b2 import B2ApplicationKey, B2ApplicationKeyArgs, B2Bucket, B2BucketArgs
 from components.config import StorageConfig, generation_suffix
 from components.objectlock import ObjectLock, ObjectLockArgs
-from components.providers import PROVIDERS
+from components.providers import PROVIDERS, admin_env
+
+OFFSITE_SETTING = "pgbackup:offsite"
 
 # What pgBackRest does with a repository: list the repo prefix, read, write (multipart included), delete.
 # Versions: pgBackRest reads a specific version of a file on restore (repo-target-time) and tags objects.
@@ -67,10 +70,25 @@ S3_LOCK_DENIED_ACTIONS = [
 ]
 
 
-def repository_policy(bucket: str, prefix: str, object_lock: bool = False) -> dict[str, object]:
-    """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`, and denying
-    every way to remove a version for good (and, with `object_lock`, to change a lock)."""
+def source_ip_statement(allowed: Sequence[str]) -> dict[str, object]:
+    """storage.allowedSourceIps: every S3 action denied to a request from any other address. A Deny, not an Allow
+    conditioned on IpAddress: an explicit Deny wins over every Allow, this policy's and any the user is given
+    later (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_examples_aws_deny-ip.html)."""
     return {
+        "Sid": "OnlyFromAllowedSourceIps",
+        "Effect": "Deny",
+        "Action": ["s3:*"],
+        "Resource": ["arn:aws:s3:::*"],
+        "Condition": {"NotIpAddress": {"aws:SourceIp": list(allowed)}},
+    }
+
+
+def repository_policy(bucket: str, prefix: str, object_lock: bool = False,
+                      allowed_source_ips: Sequence[str] | None = None) -> dict[str, object]:
+    """An IAM policy granting exactly what pgBackRest needs, limited to `bucket` and its `prefix`, and denying
+    every way to remove a version for good (and, with `object_lock`, to change a lock; with
+    `allowed_source_ips`, any request from another address)."""
+    policy: dict[str, object] = {
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -94,8 +112,29 @@ def repository_policy(bucket: str, prefix: str, object_lock: bool = False) -> di
                 "Action": S3_DENIED_ACTIONS + (S3_LOCK_DENIED_ACTIONS if object_lock else []),
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             },
+            *([source_ip_statement(allowed_source_ips)] if allowed_source_ips else []),
         ],
     }
+    return policy
+
+
+def _policy(storage: StorageConfig) -> str:
+    """The node key's policy document, as the IAM user policy (s3, wasabi) or MinIO policy gets it."""
+    return json.dumps(repository_policy(storage.bucket, storage.key_prefix, bool(storage.object_lock_days),
+                                        storage.allowed_source_ips), sort_keys=True)
+
+
+def _is_offsite(setting: str) -> bool:
+    return setting == OFFSITE_SETTING
+
+
+def offsite_admin_key(storage: StorageConfig) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """pgbackup:offsite's administrator's key for pulumi-aws or pulumi-minio, from PGBACKUP_OFFSITE_* (checked
+    present by config.check_offsite_admin_key before anything is declared). Those plugins take a second key only
+    as their provider's configuration, which Pulumi keeps in the state: as secrets, so encrypted there."""
+    names = admin_env(storage.provider, offsite=True)
+    key_id, secret = (os.environ.get(name, "").strip() for name in names)
+    return pulumi.Output.secret(key_id), pulumi.Output.secret(secret)
 
 
 def object_lock(parent: BackupRepository, name: str, storage: StorageConfig, setting: str, *,
@@ -109,7 +148,9 @@ def object_lock(parent: BackupRepository, name: str, storage: StorageConfig, set
         ObjectLockArgs(setting=setting, provider=storage.provider, bucket=storage.bucket, endpoint=storage.endpoint,
                        region=storage.region, path_style=storage.uri_style == "path", verify_tls=storage.verify_tls,
                        ca_cert=storage.ca_cert, days=storage.object_lock_days, manage=key is None,
-                       key_id=key.access_key_id if key else None, secret=key.secret_access_key if key else None),
+                       key_id=key.access_key_id if key else None, secret=key.secret_access_key if key else None,
+                       admin_env=list(admin_env(storage.provider, offsite=True))
+                       if key is None and _is_offsite(setting) else None),
         opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
     )
 
@@ -129,18 +170,21 @@ Backend = Callable[["BackupRepository", str, StorageConfig, str, str], Credentia
 
 
 def _b2(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str, setting: str) -> Credentials:
+    # pgbackup:offsite's resources name their own administrator's key (PGBACKUP_OFFSITE_B2_*); repo1's keep the
+    # b2 CLI's names, their inputs as they were.
+    admin = list(admin_env("b2", offsite=True)) if _is_offsite(setting) else None
     bucket = B2Bucket(
         f"{name}-bucket",
         B2BucketArgs(bucket_name=storage.bucket, file_name_prefix=f"{storage.key_prefix}/",
                      hidden_file_retention_days=storage.noncurrent_version_days,
-                     **({"file_lock_days": storage.object_lock_days} if storage.object_lock_days else {})),
+                     file_lock_days=storage.object_lock_days, admin_env=admin),
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=False),
     )
     gen = generation_suffix(storage.key_generation)
     key = B2ApplicationKey(
         f"{name}-key{gen}",
         B2ApplicationKeyArgs(key_name=key_name + gen, bucket_id=bucket.bucket_id,
-                             name_prefix=f"{storage.key_prefix}/"),
+                             name_prefix=f"{storage.key_prefix}/", admin_env=admin),
         opts=pulumi.ResourceOptions(parent=parent),
     )
     return Credentials(key.application_key_id, key.application_key)
@@ -152,10 +196,16 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
     s3_url = f"https://{storage.endpoint}"
     iam_url, iam_region = PROVIDERS[storage.provider].iam or (s3_url, storage.region or "us-east-1")
 
+    # repo1's administrator's key: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by pulumi-aws itself (never in
+    # the state). pgbackup:offsite's: PGBACKUP_OFFSITE_AWS_*, given to its providers (secrets in the state).
+    admin_key_id, admin_secret = offsite_admin_key(storage) if _is_offsite(setting) else (None, None)
+
     def provider(suffix: str, region: str | None, endpoints: aws.ProviderEndpointArgs) -> aws.Provider:
         # Not AWS itself: no account id, metadata API or region list to check against.
         return aws.Provider(
             f"{name}-{suffix}",
+            access_key=admin_key_id,
+            secret_key=admin_secret,
             region=region,
             endpoints=[endpoints],
             s3_use_path_style=storage.uri_style == "path",
@@ -209,8 +259,7 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
     aws.iam.UserPolicy(
         f"{name}-policy",
         user=user.name,
-        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix, bool(storage.object_lock_days)),
-                          sort_keys=True),
+        policy=_policy(storage),
         opts=pulumi.ResourceOptions(parent=parent, provider=iam),
     )
     key = aws.iam.AccessKey(f"{name}-key{generation_suffix(storage.key_generation)}", user=user.name,
@@ -219,13 +268,17 @@ def _aws_compatible(parent: BackupRepository, name: str, storage: StorageConfig,
 
 
 def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name: str, setting: str) -> Credentials:
-    """Self-hosted MinIO: its own provider; admin credentials from MINIO_USER / MINIO_PASSWORD."""
+    """Self-hosted MinIO: its own provider; admin credentials from MINIO_USER / MINIO_PASSWORD (read by
+    pulumi-minio), for pgbackup:offsite from PGBACKUP_OFFSITE_MINIO_* (given to its provider, secrets)."""
+    admin_user, admin_password = offsite_admin_key(storage) if _is_offsite(setting) else (None, None)
     provider = minio.Provider(
         f"{name}-minio",
         minio_server=storage.endpoint,
         minio_region=storage.region,
         minio_ssl=True,
         minio_insecure=not storage.verify_tls,
+        minio_user=admin_user,
+        minio_password=admin_password,
         opts=pulumi.ResourceOptions(parent=parent),
     )
     bucket = minio.S3Bucket(
@@ -275,8 +328,7 @@ def _minio(parent: BackupRepository, name: str, storage: StorageConfig, key_name
     policy = minio.IamPolicy(
         f"{name}-policy",
         name=key_name,
-        policy=json.dumps(repository_policy(storage.bucket, storage.key_prefix, bool(storage.object_lock_days)),
-                          sort_keys=True),
+        policy=_policy(storage),
         opts=pulumi.ResourceOptions(parent=parent, provider=provider),
     )
     minio.IamUserPolicyAttachment(

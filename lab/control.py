@@ -27,6 +27,7 @@ import yaml
 from botocore.config import Config as BotoConfig
 
 from components.layout import PATHS
+from components.providers import admin_env
 from components.report import repo_of
 from components.storage import repository_policy
 from lab import driver
@@ -510,10 +511,12 @@ class AuthenticatedS3:
             self.admin = (created["AccessKeyId"], created["SecretAccessKey"])
         self.proxy = _TlsProxy(port, moto_port)
 
-    def admin_env(self) -> dict[str, str]:
-        """The administrator's credentials, as the environment of `pulumi up` gives them to pulumi-aws."""
+    def admin_env(self, offsite: bool = False) -> dict[str, str]:
+        """The administrator's credentials, as the environment of `pulumi up` gives them: AWS_* (pulumi-aws, for
+        pgbackup:storage), or with `offsite` PGBACKUP_OFFSITE_AWS_* (pgbackup:offsite's own)."""
         assert self.admin is not None, "AuthenticatedS3(admin=True)"
-        return {"AWS_ACCESS_KEY_ID": self.admin[0], "AWS_SECRET_ACCESS_KEY": self.admin[1]}
+        key_id, secret = admin_env("s3", offsite=offsite)
+        return {key_id: self.admin[0], secret: self.admin[1]}
 
     def client_as(self, access_key_id: str, secret_access_key: str) -> Any:
         """An S3 client of this endpoint with the given key."""

@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components import objectlock
 from components.cluster import VersionMismatch
+from components.providers import OFFSITE_ENV_PREFIX
 from pgbackup_testkit.engine import s3_shape, unwrap
 from pgbackup_testkit.mockrun import evaluate
 
@@ -324,9 +325,12 @@ class LabEngine(pulumi.runtime.Mocks):
         endpoints = json.loads(endpoints) if isinstance(endpoints, str) else endpoints
         url = endpoints[0][service]
         style = "path" if str(provider.get("s3UsePathStyle")).lower() == "true" else "virtual"
+        # As pulumi-aws: the provider's own key when it has one (pgbackup:offsite's, from PGBACKUP_OFFSITE_AWS_*),
+        # else AWS_* from the environment of `pulumi up` (repo1's).
+        key_id = provider.get("accessKey") or self.env["AWS_ACCESS_KEY_ID"]
+        secret = provider.get("secretKey") or self.env["AWS_SECRET_ACCESS_KEY"]
         return boto3.client(service, endpoint_url=url, region_name=provider.get("region"),
-                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                            aws_access_key_id=key_id, aws_secret_access_key=secret,
                             verify=self.env["LAB_CA_FILE"], config=BotoConfig(s3={"addressing_style": style}))
 
     def aws_resource(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]
@@ -375,7 +379,9 @@ class LabEngine(pulumi.runtime.Mocks):
             outputs = {"id": created["AccessKeyId"], "secret": created["SecretAccessKey"], "user": inputs["user"]}
         else:
             raise NotImplementedError(f"lab driver: no real implementation for {typ} ({name})")
-        self.remember(name, key, outputs, {"type": typ, "provider": provider})
+        # The provider's key stays out of the driver's state file (Pulumi's state would hold it encrypted).
+        self.remember(name, key, outputs, {"type": typ, "provider": {k: v for k, v in provider.items()
+                                                                      if k not in ("accessKey", "secretKey")}})
         return outputs["id"], {**inputs, **outputs}
 
     def remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -500,6 +506,11 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
     values["pgbackup:sshPrivateKey"] = Path(env["LAB_SSH_KEY"]).read_text()
     for key, value in (extra_secrets or {}).items():
         values[f"pgbackup:{key}"] = value
+    # The program reads pgbackup:offsite's administrator's key (PGBACKUP_OFFSITE_*) from its environment, as
+    # `pulumi up` gives it: set for the evaluation only.
+    offsite_admin = {k: v for k, v in env.items() if k.startswith(OFFSITE_ENV_PREFIX)}
+    saved = {k: os.environ.get(k) for k in offsite_admin}
+    os.environ.update(offsite_admin)
     try:
         outputs, secret = evaluate(
             ROOT / "__main__.py", engine, project="pgbackup", stack=stack_file.stem.split(".", 1)[1],
@@ -511,6 +522,12 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
         if engine.first_failure is not None:
             raise engine.first_failure from None
         raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     engine.delete_gone()
     shown = {k: v if show_secrets else mask(v, k in secret) for k, v in outputs.items()}
     (lab_dir / "outputs.json").write_text(json.dumps({k: mask(v, k in secret) for k, v in outputs.items()},

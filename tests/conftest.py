@@ -1,4 +1,24 @@
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from components.providers import ADMIN_ENV, admin_env
+
+# pgbackup:offsite's administrator's key, as the environment of `pulumi up` holds it (PGBACKUP_OFFSITE_*): sentinel
+# values, so a test can show where they go (and where they never go). repo1's variables are left unset.
+OFFSITE_ADMIN_ENV = {name: f"SENTINEL-OFFSITE-ADMIN-{name}" for provider in ADMIN_ENV
+                     for name in admin_env(provider, offsite=True)}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offsite_admin_key() -> Iterator[dict[str, str]]:
+    """Set for the whole session (module-scoped fixtures run the program too); a test that needs them unset uses
+    monkeypatch.delenv, which restores them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in OFFSITE_ADMIN_ENV.items():
+            patch.setenv(name, value)
+        yield OFFSITE_ADMIN_ENV

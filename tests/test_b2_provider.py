@@ -67,7 +67,7 @@ def _simulated_account() -> tuple[Any, Any, str, str]:
 def sim(monkeypatch: pytest.MonkeyPatch) -> Sim:
     """One simulated account; every provider call gets a new API on it through the patched factory."""
     admin, raw, key_id, master = _simulated_account()
-    monkeypatch.setattr(b2, "_make_api", lambda: _api_on(raw, key_id, master))
+    monkeypatch.setattr(b2, "_make_api", lambda *_names: _api_on(raw, key_id, master))
     return Sim(raw, key_id, master, admin)
 
 

@@ -22,7 +22,7 @@ def test_the_newest_monthly_archive_restores_from_the_offsite_copy_alone(lab: La
     stack["pgbackup:offsite"] = {"provider": "s3", "endpoint": s3.endpoint, "region": "us-east-1",
                                  "bucket": "pgbackup-offsite", "repoPath": "/archives",
                                  "caCert": stack["pgbackup:storage"]["caCert"]}
-    admin = s3.admin_env()
+    admin = s3.admin_env(offsite=True)  # PGBACKUP_OFFSITE_AWS_*: repo1 keeps the lab S3's own AWS_*
     try:
         applied = lab.apply(stack, env=admin)
         assert applied["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
