@@ -150,6 +150,12 @@ def test_a_healthy_drill_restores_every_row_and_the_cluster_sees_nothing(lab: La
         assert copy_timeline > max(timelines)
         assert copy("SELECT current_setting('archive_mode') || ',' || current_setting('listen_addresses') || ',' || "
                     "(SELECT count(*) FROM pg_replication_slots)") == "off,,0"
+        # Cut off (CUT_OFF in the drill): no library, no logical replication, no autovacuum, no hook command.
+        assert copy("SELECT string_agg(current_setting(n), '|' ORDER BY n) FROM unnest(ARRAY["
+                    "'archive_cleanup_command', 'autovacuum', 'max_logical_replication_workers', "
+                    "'recovery_end_command', 'shared_preload_libraries']) n") == "|off|0||"
+        assert copy("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN "
+                    "('logical replication launcher', 'autovacuum launcher')") == "0"
         # No TCP socket for the copy's postmaster.
         pid = lab.ssh(chosen, f"head -1 {SCRATCH}/data/postmaster.pid").stdout.strip()
         assert f"pid={pid}," not in lab.ssh(chosen, "ss -ltnpH").stdout
