@@ -4,8 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the unit tests judge with: pgBackRest's option parser, systemd-analyze, promtool, GitHub's
-# Markdown renderer (the README's generated tables).
-TEST_DEBS := pgbackrest systemd prometheus shellcheck cmark-gfm
+# Markdown renderer (the README's generated tables), a PostgreSQL server (the drill's settings read by `postgres -C`).
+TEST_DEBS := pgbackrest systemd prometheus shellcheck cmark-gfm postgresql
 # ... and what the lab runs on the host (nodes get theirs inside the image).
 LAB_DEBS := debootstrap systemd-container etcd-server etcd-client patroni python3-etcd nginx openssl \
             openssh-client curl jq util-linux procps ca-certificates python3-venv iproute2

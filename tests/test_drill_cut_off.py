@@ -237,14 +237,13 @@ def installed_postgres() -> tuple[int, str] | None:
     return None
 
 
-@pytest.mark.skipif(installed_postgres() is None, reason="no PostgreSQL 15 or 17 server binary installed")
 def test_production_values_in_the_restored_configuration_lose_to_the_command_line(
         runs: Runs) -> None:
     """The real server of that version reads the restored postgresql.conf and postgresql.auto.conf and the
     drill's command line, and says what it would run with (`postgres -C`, which starts nothing): the
     neutral value of every setting, and every one of them a parameter it knows."""
     found = installed_postgres()
-    assert found is not None
+    assert found is not None, "no PostgreSQL 15 or 17 server binary: `make setup` installs Debian's postgresql"
     version, postgres = found
     calls, scratch = runs[version]
     settings = start_settings(calls)
