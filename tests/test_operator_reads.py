@@ -129,7 +129,7 @@ class FakeCluster(Cluster):
 
 @pytest.fixture
 def nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeNode]]:
-    base = Path(tempfile.mkdtemp(prefix="pgbackup-reads-", dir="/tmp"))  # noqa: S108 -- postgres must reach it
+    base = Path(tempfile.mkdtemp(prefix="pgbackup-reads-", dir="/tmp"))  # postgres must reach it
     base.chmod(0o755)
     made = []
     for name in ("pgnode1", "pgnode2", "pgnode3"):
@@ -192,7 +192,7 @@ def test_status_reads_hostile_state_files_quickly_never_as_root(
     assert code == 1
 
 
-MALFORMED_VERIFY = [
+MALFORMED_VERIFY: list[tuple[Any, str]] = [
     ("[" * 30000 + "]" * 30000, "nested deeper than 16 levels"),  # json.load's RecursionError
     ({"time": [2026], "ok": True, "errors": {}}, "time: expected an ISO 8601 time, got list"),
     ({"time": "2026-13-01T00:00:00Z"}, "time: '2026-13-01T00:00:00Z' is not an ISO 8601 time"),
@@ -200,7 +200,7 @@ MALFORMED_VERIFY = [
     ({"errors": {"checksum": "0", "missing_wal": 0, "other": 0}}, "checksum: expected a count, got str"),
     ({"ok": "yes"}, "ok: expected true or false, got str"),
 ]
-MALFORMED_DRILL = [
+MALFORMED_DRILL: list[tuple[Any, str]] = [
     ({"phases": {"restore": [1]}}, "phases.restore: expected seconds, got list"),
     ({"rtoSeconds": "12"}, "rtoSeconds: expected seconds, got str"),  # the table's format crashed on it
     ({"repo": "1"}, "repo: expected a repository number, got str"),
@@ -214,8 +214,8 @@ MALFORMED_DRILL = [
 def test_malformed_fields_read_as_unreadable_and_the_table_prints(
         nodes: list[FakeNode], capsys: pytest.CaptureFixture[str], first: int) -> None:
     now = time.time()
-    for node, (verify, why_verify), (drill, why_drill) in zip(nodes, MALFORMED_VERIFY[first:first + 3],
-                                                             MALFORMED_DRILL[first:first + 3], strict=True):
+    for node, (verify, _), (drill, _) in zip(nodes, MALFORMED_VERIFY[first:first + 3],
+                                             MALFORMED_DRILL[first:first + 3], strict=True):
         node.plant(VERIFY, {**verify_state(now - 60), **verify} if isinstance(verify, dict) else verify)
         node.plant(DRILL, {**drill_state(now - 60), **drill} if isinstance(drill, dict) else drill)
     code, doc, _ = status_json(capsys)
@@ -223,8 +223,10 @@ def test_malformed_fields_read_as_unreadable_and_the_table_prints(
     for node, (_, why_verify), (_, why_drill) in zip(nodes, MALFORMED_VERIFY[first:first + 3],
                                                     MALFORMED_DRILL[first:first + 3], strict=True):
         said = [p for p in doc["problems"] if p.startswith(f"{node.name}: ")]
-        assert said[0].startswith(f"{node.name}: {PATHS.verify_state} unreadable: ") and why_verify in said[0], said
-        assert said[1].startswith(f"{node.name}: {PATHS.drill_state} unreadable: ") and why_drill in said[1], said
+        assert said[0].startswith(f"{node.name}: {PATHS.verify_state} unreadable: "), said
+        assert why_verify in said[0], said
+        assert said[1].startswith(f"{node.name}: {PATHS.drill_state} unreadable: "), said
+        assert why_drill in said[1], said
     assert (doc["cluster"]["lastVerify"], doc["cluster"]["lastDrill"], code) == (None, None, 1)
     assert cli.main(pgbackup("status")) == 1  # the table
     table = capsys.readouterr().out
@@ -263,7 +265,7 @@ def test_node_text_reaches_the_terminal_escaped(nodes: list[FakeNode], capsys: p
     nodes[1].plant(DRILL, drill_state(now - 30, ok=False, reason=f"restore failed {ESC}\r\u202eevil"))
     assert cli.main(pgbackup("status")) == 1
     table = capsys.readouterr().out
-    assert "\x1b" not in table and "\r" not in table and "\u202e" not in table
+    assert not {"\x1b", "\r", "\u202e"} & set(table)
     assert "restore failed \\x1b]0;owned\\x07\\x1b[2J\\x1b[31m\\x0d\\u202eevil" in table
     cli.main(pgbackup("status", "--json"))
     assert "\x1b" not in capsys.readouterr().out
@@ -320,7 +322,8 @@ def test_root_own_recovery_state_is_read_as_root(nodes: list[FakeNode]) -> None:
                             backup="b", holds="h", pg_data="/d", aside={}, old_timeline=1).to_json(), "finished": True}
     (nodes[0].state / "recover.json").write_text(json.dumps(state))
     plan = recover.find_state(FakeCluster(nodes))
-    assert plan is not None and plan.finished
+    assert plan is not None
+    assert plan.finished
 
 
 # -- `recover --cleanup`: its own run, its own confirmation
@@ -353,7 +356,12 @@ def test_cleanup_without_its_confirmation_deletes_nothing(nodes: list[FakeNode],
     assert cli.main(pgbackup("recover", "--cleanup")) == 3
     assert all(path.is_dir() for path in old)
     asked: list[str] = []
-    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "lab")
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return "lab"
+
+    monkeypatch.setattr("builtins.input", answer)
     assert cli.main(pgbackup("recover", "--cleanup")) == 0
     assert asked == ["Type the stack's name (lab) to delete them: "]
     assert not any(path.exists() for path in old)

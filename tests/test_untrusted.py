@@ -26,8 +26,9 @@ def test_loads_bounds_the_depth_and_refuses_what_json_is_not() -> None:
         loads("[" * 17 + "]" * 17)
     with pytest.raises(ValueError, match="nested deeper"):
         loads('{"a":' * 5000 + "1" + "}" * 5000)
-    for text in ("NaN", '{"t": Infinity}', "{", '"\\ud800'):
-        with pytest.raises(ValueError):
+    for text, why in (("NaN", "NaN is not JSON"), ('{"t": Infinity}', "Infinity is not JSON"),
+                      ("{", "Expecting property name"), ('"\\ud800', "Invalid .uXXXX escape")):
+        with pytest.raises(ValueError, match=why):
             loads(text)
 
 
