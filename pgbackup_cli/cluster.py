@@ -60,9 +60,12 @@ class Cluster:
         for name in names:
             try:
                 out = self.nodes[name].check(self.patronictl("list -f json"), what="patronictl list")
-                members: list[dict[str, Any]] = json.loads(out or "[]")
+                members: list[dict[str, Any]] = loads(out or "[]")
+                if not isinstance(members, list) or not all(
+                        isinstance(m, dict) and isinstance(m.get("Member"), str) for m in members):
+                    raise ValueError(f"{name}: patronictl list: not a list of members")  # the DCS is Patroni's
                 return members
-            except (RemoteError, json.JSONDecodeError) as error:
+            except (RemoteError, ValueError) as error:
                 errors.append(str(error))
         raise RemoteError("no node could list the Patroni cluster:\n" + "\n".join(errors))
 

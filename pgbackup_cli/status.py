@@ -161,15 +161,19 @@ def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) 
             "problems": problems, "ok": not problems}
 
 
+def cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)[:64]
+
+
 def table(doc: dict[str, Any]) -> str:
     """The status for people."""
     lines = [f"stack {doc['stack']} at {doc['time']}", "",
              f"{'node':<16} {'host':<24} {'role':<10} {'state':<12} {'TL':>4} {'lag MB':>7}  pgBackRest"]
     for n in doc["nodes"]:
-        state = n["state"] if n["reachable"] else "unreachable"
-        lines.append(f"{n['name']:<16} {n['host']:<24} {n['role'] or '-':<10} {state or '-':<12} "
-                     f"{n['timeline'] or '-':>4} {n['lagMB'] if n['lagMB'] is not None else '-':>7}  "
-                     f"{n['pgbackrest'] or '-'}")
+        # Patroni's fields come from the DCS, which Patroni writes as postgres: any JSON value, shown as text.
+        role, timeline, lag, version = (cell(n[k]) for k in ("role", "timeline", "lagMB", "pgbackrest"))
+        state = cell(n["state"]) if n["reachable"] else "unreachable"
+        lines.append(f"{n['name']:<16} {n['host']:<24} {role:<10} {state:<12} {timeline:>4} {lag:>7}  {version}")
     c = doc["cluster"]
     stanza = c["stanza"] or {}
     lines += ["", f"leader: {c['leader'] or 'none'}",

@@ -368,3 +368,20 @@ def test_cleanup_without_its_confirmation_deletes_nothing(nodes: list[FakeNode],
     old = [aside(node) for node in nodes]
     assert cli.main(pgbackup("recover", "--cleanup", "--yes-delete-old-data")) == 0
     assert not any(path.exists() for path in old)
+
+
+def test_patronis_member_fields_of_any_type_print_in_the_table(
+        nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Patroni writes the DCS as postgres: a member's fields may be any JSON value, with escapes in them."""
+    members = FakeCluster.members
+
+    def odd(self: FakeCluster, prefer: str | None = None) -> list[dict[str, Any]]:
+        found = members(self, prefer)
+        found[1].update({"TL": [3], "Lag in MB": {"a": 1}, "State": f"streaming{ESC}"})
+        return found
+
+    monkeypatch.setattr(FakeCluster, "members", odd)
+    assert cli.main(pgbackup("status")) == 1
+    out = capsys.readouterr().out
+    assert "pgnode2          pgnode2.example          replica    streaming\\x1b]0;owned" in out
+    assert "\x1b" not in out
