@@ -24,7 +24,6 @@ from components.layout import NAMES
 LIMIT = NAMES.state_max_bytes
 MAX_DEPTH = 16  # the services write objects three levels deep ({"repos": {"1": {"errors": {...}}}})
 FUTURE_SECONDS = 300.0  # a result dated later than the operator's clock plus this is refused (a forged time)
-ANSWER_MAX = 8 * LIMIT + 4096  # the reader's answer: JSON-escaped text, at most 6 bytes a byte, and framing
 
 # On the node, with python3 -I: `READER LIMIT PATH...` prints {"PATH": null | {"text": ...} | {"error": ...}}.
 READER = r"""
@@ -87,7 +86,7 @@ def reader_command(paths: Sequence[str], user: str | None) -> str:
     q = shlex.quote
     as_user = f"runuser -u {q(user)} -- env --chdir=/ " if user else ""
     return (f"{as_user}timeout -k 5 60 python3 -I -c {q(READER)} {LIMIT} {' '.join(q(p) for p in paths)} "
-            f"| head -c {ANSWER_MAX}")
+            f"| head -c {len(paths) * 6 * LIMIT + 4096}")  # JSON-escaped: at most 6 bytes a byte, and framing
 
 
 def answers(out: str, paths: Sequence[str]) -> dict[str, str | Unreadable | None]:
