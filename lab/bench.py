@@ -177,7 +177,7 @@ def _cluster_pitr(lab: Lab) -> dict[str, float]:
     for node in lab.nodes:
         if lab.sql(node, "SELECT count(*) FROM bench_pitr WHERE batch = 'after'") != "0":
             raise RuntimeError(f"{node} still has rows written after the target")
-    lab.pgbackup("recover", "--cleanup")
+    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     return took
 
 

@@ -3,8 +3,8 @@
     pgbackup status  -s STACK [--json]
     pgbackup backup  -s STACK --type full|incr|diff [--repo N]
     pgbackup drill   -s STACK
-    pgbackup recover -s STACK --to TIME|latest [--leader NODE] [--yes] [--cleanup]
-    pgbackup recover -s STACK --cleanup
+    pgbackup recover -s STACK --to TIME|latest [--leader NODE] [--yes]
+    pgbackup recover -s STACK --cleanup [--yes-delete-old-data]
 
 Exit codes: 0 all well; 1 something needs attention or failed; 2 the command cannot run as asked (bad
 arguments or configuration, an unreachable cluster, a missing unit); 3 recovery refused, nothing touched;
@@ -28,10 +28,12 @@ from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError, load_key
 from pgbackup_cli.repository import parse_target
 from pgbackup_cli.stack import load_stack
+from pgbackup_cli.untrusted import printable
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    """Every line the command prints: text from the nodes in it shows its control characters escaped."""
+    print(printable(line), flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,10 +54,12 @@ def parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recover", parents=[common], help="point-in-time recovery of the whole cluster")
     rc.add_argument("--to", help="'latest' or a time with its zone, e.g. '2026-11-20 14:15:00+00'")
     rc.add_argument("--leader", help="the node to restore on when Patroni reports no leader")
-    rc.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rc.add_argument("--yes", action="store_true", help="do not ask for confirmation of the recovery")
     rc.add_argument("--cleanup", action="store_true",
-                    help="remove, on every node, the data directories finished recoveries moved aside "
-                         "(after the recovery, with --to)")
+                    help="a run of its own, after a finished recovery (not with --to): delete for good, on every "
+                         "node, the data directories finished recoveries moved aside; asks for the stack's name")
+    rc.add_argument("--yes-delete-old-data", action="store_true",
+                    help="with --cleanup: do not ask for the stack's name (--yes does not confirm a cleanup)")
     return top
 
 
@@ -65,6 +69,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if options.command == "recover":
         if options.to is None and not options.cleanup:
             top.error("recover: give --to TIME|latest, or --cleanup")
+        if options.to is not None and options.cleanup:
+            top.error("recover: --cleanup deletes the old data for good and is a run of its own: recover with --to "
+                      "first, check the cluster, then `recover --cleanup`")
+        if options.cleanup and options.yes:
+            top.error("recover: --yes confirms a recovery, not a cleanup: --cleanup asks for the stack's name "
+                      "(--yes-delete-old-data without a terminal)")
+        if options.yes_delete_old_data and not options.cleanup:
+            top.error("recover: --yes-delete-old-data goes with --cleanup only")
         if options.to is not None:
             try:
                 parse_target(options.to)
@@ -75,13 +87,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def run_status(cluster: Cluster, options: argparse.Namespace) -> int:
     doc = status.collect(cluster, info_timeout=options.info_timeout)
-    print(json.dumps(doc, indent=2, sort_keys=True) if options.json else status.table(doc), flush=True)
+    # json.dumps escapes every control and non-ASCII character (ensure_ascii); the table is printable()'s.
+    print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True) if options.json else status.table(doc),
+          flush=True)
     return 0 if doc["ok"] else 1
 
 
 def run_recover(cluster: Cluster, options: argparse.Namespace) -> int:
     plan = recover.find_state(cluster)
-    if options.to is None:  # --cleanup alone
+    if options.to is None:  # --cleanup, a run of its own
+        confirm_cleanup(cluster, plan, options.yes_delete_old_data)
         recover.cleanup(cluster, plan, say)
         return 0
     if plan is not None and not plan.finished:
@@ -98,9 +113,24 @@ def run_recover(cluster: Cluster, options: argparse.Namespace) -> int:
         if input("Type yes to recover: ").strip() != "yes":
             raise recover.RecoveryRefused("not confirmed")
     recover.Recovery(cluster, plan, say).run()
-    if options.cleanup:
-        recover.cleanup(cluster, plan, say)
     return 0
+
+
+def confirm_cleanup(cluster: Cluster, plan: recover.Plan | None, confirmed: bool) -> None:
+    """What `--cleanup` deletes, and the operator's typed stack name (or --yes-delete-old-data) before it does.
+    RecoveryRefused, nothing touched, otherwise."""
+    stack = cluster.stack.name
+    if plan is not None and not plan.finished:
+        raise recover.RecoveryRefused(f"the recovery to {plan.target} has not finished: run it again first")
+    say(f"Deleting for good, on {', '.join(cluster.nodes)}, every data directory a finished recovery moved aside "
+        f"({cluster.stack.pg_data}{recover.ASIDE_SUFFIX}<UTC time>)"
+        + (f"; the last recovery's: {', '.join(f'{n}:{p}' for n, p in plan.aside.items())}" if plan else ""))
+    if confirmed:
+        return
+    if not sys.stdin.isatty():
+        raise recover.RecoveryRefused("no terminal to confirm the cleanup on: add --yes-delete-old-data")
+    if input(f"Type the stack's name ({stack}) to delete them: ").strip() != stack:
+        raise recover.RecoveryRefused("cleanup not confirmed: nothing deleted")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,10 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         return commands[options.command]()
     except recover.RecoveryRefused as error:
-        print(f"pgbackup: {error}", file=sys.stderr)
+        print(printable(f"pgbackup: {error}"), file=sys.stderr)
         return 3
-    except (ConfigError, RemoteError) as error:
-        print(f"pgbackup: {error}", file=sys.stderr)
+    except (ConfigError, RemoteError) as error:  # a RemoteError quotes the node's output
+        print(printable(f"pgbackup: {error}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pgbackup: interrupted; `recover` carries on from its last finished step when run again",

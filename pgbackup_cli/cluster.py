@@ -14,8 +14,14 @@ from components.layout import NAMES, PATHS
 from pgbackup_cli.remote import Node, RemoteError, warn
 from pgbackup_cli.repository import newest_wal_time, wal_listing_path
 from pgbackup_cli.stack import Stack
+from pgbackup_cli.untrusted import Unreadable, answers, loads, reader_command
 
 T = TypeVar("T")
+
+
+class UnreadableFile(RemoteError):
+    """A file on a node is there but is not what the command reads (a link, not a regular file, too large,
+    not a JSON object)."""
 
 
 class Cluster:
@@ -57,9 +63,12 @@ class Cluster:
         for name in names:
             try:
                 out = self.nodes[name].check(self.patronictl("list -f json"), what="patronictl list")
-                members: list[dict[str, Any]] = json.loads(out or "[]")
+                members: list[dict[str, Any]] = loads(out or "[]")
+                if not isinstance(members, list) or not all(
+                        isinstance(m, dict) and isinstance(m.get("Member"), str) for m in members):
+                    raise ValueError(f"{name}: patronictl list: not a list of members")  # the DCS is Patroni's
                 return members
-            except (RemoteError, json.JSONDecodeError) as error:
+            except (RemoteError, ValueError) as error:
                 errors.append(str(error))
         raise RemoteError("no node could list the Patroni cluster:\n" + "\n".join(errors))
 
@@ -114,12 +123,25 @@ class Cluster:
                                     what="pgbackrest repo-ls")
         return newest_wal_time(json.loads(out), segment)
 
-    def read_json(self, node: str, path: str) -> dict[str, Any] | None:
-        """A JSON file on the node, None when it does not exist."""
-        out = self.node(node).check(f"if [[ -f {self.q(path)} ]]; then cat {self.q(path)}; fi", what=f"reading {path}")
-        if not out.strip():
-            return None
-        value: dict[str, Any] = json.loads(out)
+    def read_text(self, node: str, path: str, user: str | None = "postgres") -> str | Unreadable | None:
+        """A state file's text on the node, read by the one reader (pgbackup_cli/untrusted.py) as `user`, the
+        file's owner (None: root, for root's own file in a root-owned directory), never through a link, at
+        most NAMES.state_max_bytes; None when there is no such file, Unreadable when it is not one to read."""
+        out = self.node(node).check(reader_command([path], user), what=f"reading {path}")
+        return answers(out, [path])[path]
+
+    def read_json(self, node: str, path: str, user: str | None = "postgres") -> dict[str, Any] | None:
+        """The JSON object in a state file (read_text; nested at most MAX_DEPTH), None when there is no such
+        file. UnreadableFile (a RemoteError naming the node and the path) when it is there but not that."""
+        text = self.read_text(node, path, user)
+        try:
+            if isinstance(text, Unreadable):
+                raise ValueError(text.reason)
+            value = None if text is None else loads(text)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        except ValueError as error:
+            raise UnreadableFile(f"{node}: {path} unreadable: {error}") from None
         return value
 
     def write_json(self, node: str, path: str, value: dict[str, Any]) -> None:

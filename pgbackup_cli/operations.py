@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 from components.drill import WEEKLY
 from components.layout import BACKUPS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.status import DRILL_STATE
+from pgbackup_cli.untrusted import Unreadable, drill_result, printable
 
 DRILL_UNIT = f"{WEEKLY.unit}.service"  # the scheduled drill of repo1 (components/drill.py)
 
@@ -91,21 +91,27 @@ def drill(cluster: Cluster, say: Callable[[str], None]) -> int:
 
     say(f"starting {DRILL_UNIT} on {', '.join(with_unit)} (the drill picks its node) ...")
     statuses = cluster.on_each(with_unit, run)
-    reports = cluster.on_each(with_unit, lambda n: cluster.read_json(n.name, DRILL_STATE))
-    fresh = [r for r in reports.values() if isinstance(r, dict) and _epoch(r.get("time")) >= started - 1]
+    texts = cluster.on_each(with_unit, lambda n: cluster.read_text(n.name, DRILL_STATE))
+    now = time.time()
+    fresh = []
+    for name, text in texts.items():
+        if isinstance(text, RemoteError | Unreadable):
+            say(printable(f"{name}: {DRILL_STATE} {text}" if isinstance(text, Unreadable) else str(text)))
+        elif text is not None:
+            try:
+                result = drill_result(text, name, now)
+            except ValueError as error:
+                say(printable(f"{name}: {DRILL_STATE} unreadable: {error}"))
+                continue
+            if result["epoch"] >= started - 1:
+                fresh.append(result)
     if not fresh:
         say(f"no drill result newer than the start in {DRILL_STATE} (exit statuses: {statuses})")
         return 1
-    result = max(fresh, key=lambda r: _epoch(r.get("time")))
-    phases = ", ".join(f"{k} {v:.1f} s" for k, v in (result.get("phases") or {}).items())
-    say(f"drill on {result.get('node')} from repo{result.get('repo')}: {'ok' if result.get('ok') else 'FAILED'}; "
-        f"RTO {result.get('rtoSeconds', 0):.1f} s ({phases}); restored {result.get('restoredBytes', 0)} bytes"
-        + (f"; {result['reason']}" if result.get("reason") else ""))
-    return 0 if result.get("ok") else 1
-
-
-def _epoch(text: object) -> float:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    result = max(fresh, key=lambda r: float(r["epoch"]))
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phases"].items() if v is not None)
+    rto, restored = result["rtoSeconds"], result["restoredBytes"]
+    say(printable(f"drill on {result['node']} from repo{result['repo']}: {'ok' if result['ok'] else 'FAILED'}; "
+                  f"RTO {rto or 0:.1f} s ({phases}); restored {restored or 0} bytes"
+                  + (f"; {result['reason']}" if result["reason"] else "")))
+    return 0 if result["ok"] else 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pgbackup_cli.cluster import RECOVER_STATE, Cluster
+from pgbackup_cli.cluster import RECOVER_STATE, Cluster, UnreadableFile
 from pgbackup_cli.remote import RemoteError
 from pgbackup_cli.repository import LATEST, choose_backup, holdings, parse_target
 
@@ -120,8 +120,16 @@ def describe_members(members: list[dict[str, Any]]) -> str:
 
 def find_state(cluster: Cluster) -> Plan | None:
     """The recovery recorded on any node (the leader of a recovery keeps its state)."""
-    found = cluster.on_each(list(cluster.nodes), lambda node: cluster.read_json(node.name, RECOVER_STATE))
-    plans = [Plan.from_json(value) for value in found.values() if isinstance(value, dict)]
+    found = cluster.on_each(list(cluster.nodes), lambda node: cluster.read_json(node.name, RECOVER_STATE, user=None))
+    plans = []
+    for name, value in found.items():
+        if isinstance(value, UnreadableFile):  # a recovery may be recorded there: nothing is decided without it
+            raise value
+        if isinstance(value, dict):
+            try:
+                plans.append(Plan.from_json(value))
+            except TypeError as error:
+                raise UnreadableFile(f"{name}: {RECOVER_STATE} is not a recovery's state ({error})") from None
     plans.sort(key=lambda plan: plan.started)
     return plans[-1] if plans else None
 

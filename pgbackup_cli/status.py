@@ -11,30 +11,19 @@ from components.layout import PATHS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.repository import newest_backups
+from pgbackup_cli.untrusted import Unreadable, answers, drill_result, printable, reader_command, verify_result
 
 # The state files of the verification and drill services (written by them as postgres, atomically).
 VERIFY_STATE = PATHS.verify_state
 DRILL_STATE = PATHS.drill_state
 
-# Run on each node with python3 (Patroni's): pgBackRest's version, Patroni's service, the state files.
-NODE_REPORT = """
-import json, subprocess, sys
-def read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        return {"ok": False, "reason": "unreadable: %s" % error}
-def run(*args):
-    done = subprocess.run(args, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
-version = run("runuser", "-u", "postgres", "--", "pgbackrest", "version")
-print(json.dumps({"pgbackrest": version.split()[-1] if version else None,
-                  "patroniService": (subprocess.run(["systemctl", "is-active", "patroni"], capture_output=True,
-                                                    text=True).stdout.strip()),
-                  "verify": read(sys.argv[1]), "drill": read(sys.argv[2])}))
+# Run on each node (as root): pgBackRest's version (as postgres), Patroni's service, then the state files as
+# the one reader reads them, as postgres (pgbackup_cli/untrusted.py). One line each for the first two.
+NODE_REPORT = f"""
+version=$(runuser -u postgres -- env --chdir=/ pgbackrest version 2>/dev/null | head -c 200 | tr -d '\\n') || version=''
+service=$(systemctl is-active patroni 2>/dev/null | head -c 100 | tr -d '\\n' || true)
+printf '%s\\n%s\\n' "$version" "$service"
+{reader_command([VERIFY_STATE, DRILL_STATE], "postgres")} || true
 """
 
 ARCHIVER = ("SELECT json_build_object('lastArchivedWal', last_archived_wal, 'lastArchivedTime', "
@@ -46,9 +35,30 @@ def iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def newest(reports: list[Any]) -> dict[str, Any] | None:
-    found = [r for r in reports if isinstance(r, dict)]
-    return max(found, key=lambda r: str(r.get("time", ""))) if found else None
+def newest(results: list[Any]) -> dict[str, Any] | None:
+    """The newest of the nodes' validated results, by their parsed times."""
+    found = [r for r in results if isinstance(r, dict)]
+    return max(found, key=lambda r: float(r["epoch"])) if found else None
+
+
+def parse_report(name: str, out: str, now: float) -> dict[str, Any]:
+    """A node's answer to NODE_REPORT: {pgbackrest, patroniService, verify, drill}, each state a validated
+    result (untrusted.verify_result, drill_result), None (no file) or Unreadable. ValueError when the answer
+    is not one at all."""
+    lines = out.split("\n", 2)
+    if len(lines) != 3:
+        raise ValueError("the node report is incomplete")
+    version, service, states = lines
+    texts = answers(states, [VERIFY_STATE, DRILL_STATE])
+    report: dict[str, Any] = {"pgbackrest": version.split()[-1] if version.strip() else None,
+                              "patroniService": service}
+    for kind, path, validate in (("verify", VERIFY_STATE, verify_result), ("drill", DRILL_STATE, drill_result)):
+        text = texts[path]
+        try:
+            report[kind] = text if text is None or isinstance(text, Unreadable) else validate(text, name, now)
+        except ValueError as error:
+            report[kind] = Unreadable(str(error))
+    return report
 
 
 def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) -> dict[str, Any]:
@@ -56,12 +66,13 @@ def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) 
     now = now or time.time()
     stack = cluster.stack
     problems: list[str] = []
-    q = cluster.q
 
     def report(node: Node) -> dict[str, Any]:
-        out = node.check(f"python3 - {q(VERIFY_STATE)} {q(DRILL_STATE)}", stdin=NODE_REPORT, what="the node report")
-        value: dict[str, Any] = json.loads(out)
-        return value
+        out = node.check(NODE_REPORT, what="the node report")
+        try:
+            return parse_report(node.name, out, now)
+        except ValueError as error:  # the node's error, not the command's
+            raise RemoteError(f"{node.name}: {error}") from None
 
     reports = cluster.on_each(list(cluster.nodes), report)
     try:
@@ -134,14 +145,24 @@ def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) 
                                 f"last success {wal['lastArchivedTime']})")
         except (RemoteError, ValueError, KeyError) as error:
             problems.append(f"{leader}: pg_stat_archiver unreadable: {error}")
-    ok_reports = [r for r in reports.values() if isinstance(r, dict)]
-    for kind in ("verify", "drill"):
-        last = newest([r[kind] for r in ok_reports])
+    ok_reports = {name: r for name, r in reports.items() if isinstance(r, dict)}
+    for kind, path in (("verify", VERIFY_STATE), ("drill", DRILL_STATE)):
+        for name, r in ok_reports.items():
+            if isinstance(r[kind], Unreadable):
+                problems.append(f"{name}: {path} {r[kind]}")
+        last = newest([r[kind] for r in ok_reports.values()])
+        if last is not None:
+            last = {k: v for k, v in last.items() if k != "epoch"}
+            if not last["ok"]:
+                why = last.get("reason") or ", ".join(f"{k} {v}" for k, v in last.get("errors", {}).items())
+                problems.append(f"the last {kind} ({last['time']} on {last['node']}) failed: {why}")
         cluster_doc["last" + kind.capitalize()] = last
-        if last is not None and last.get("ok") is False:
-            problems.append(f"the last {kind} ({last.get('time')}) failed: {last.get('reason') or last.get('errors')}")
     return {"stack": stack.name, "time": iso(now), "nodes": nodes, "cluster": cluster_doc,
             "problems": problems, "ok": not problems}
+
+
+def cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)[:64]
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -149,10 +170,10 @@ def table(doc: dict[str, Any]) -> str:
     lines = [f"stack {doc['stack']} at {doc['time']}", "",
              f"{'node':<16} {'host':<24} {'role':<10} {'state':<12} {'TL':>4} {'lag MB':>7}  pgBackRest"]
     for n in doc["nodes"]:
-        state = n["state"] if n["reachable"] else "unreachable"
-        lines.append(f"{n['name']:<16} {n['host']:<24} {n['role'] or '-':<10} {state or '-':<12} "
-                     f"{n['timeline'] or '-':>4} {n['lagMB'] if n['lagMB'] is not None else '-':>7}  "
-                     f"{n['pgbackrest'] or '-'}")
+        # Patroni's fields come from the DCS, which Patroni writes as postgres: any JSON value, shown as text.
+        role, timeline, lag, version = (cell(n[k]) for k in ("role", "timeline", "lagMB", "pgbackrest"))
+        state = cell(n["state"]) if n["reachable"] else "unreachable"
+        lines.append(f"{n['name']:<16} {n['host']:<24} {role:<10} {state:<12} {timeline:>4} {lag:>7}  {version}")
     c = doc["cluster"]
     stanza = c["stanza"] or {}
     lines += ["", f"leader: {c['leader'] or 'none'}",
@@ -166,9 +187,10 @@ def table(doc: dict[str, Any]) -> str:
     for kind in ("Verify", "Drill"):
         last = c.get("last" + kind)
         lines.append(f"last {kind.lower()}: " + ("none recorded" if last is None else
-                                                 f"{'ok' if last.get('ok') else 'FAILED'} at {last.get('time')}"
-                                                 + (f", RTO {last['rtoSeconds']:.0f} s" if "rtoSeconds" in last
-                                                    else "")))
+                                                 f"{'ok' if last.get('ok') else 'FAILED'} at {last.get('time')} "
+                                                 f"on {last.get('node')}"
+                                                 + (f", RTO {last['rtoSeconds']:.0f} s"
+                                                    if isinstance(last.get("rtoSeconds"), float) else "")))
     lines += ["", "needs attention:" if doc["problems"] else "all well"]
     lines += [f"  - {p}" for p in doc["problems"]]
-    return "\n".join(lines)
+    return printable("\n".join(lines))

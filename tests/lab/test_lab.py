@@ -580,7 +580,7 @@ def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab
     assert_archiving_and_backup_on(lab, leader)
     # 7. Once verified, the old data goes: `recover --cleanup`.
     assert all(lab.ssh(node, f"ls -d {PG_DATA}.before-pitr-*").stdout.strip() for node in replicas)
-    lab.pgbackup("recover", "--cleanup")
+    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     for node in lab.nodes:
         assert lab.ssh(node, f"ls -d {PG_DATA}.before-pitr-*", check=False).returncode != 0, node
 

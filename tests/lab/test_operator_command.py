@@ -183,7 +183,7 @@ def test_recover_interrupted_after_its_third_step_carries_on_when_run_again(lab:
     for node in lab.nodes:
         assert lab.sql(node, "SELECT batch || '=' || count(*) FROM interrupted_pitr GROUP BY batch").split() == [
             "before=100"], node
-    lab.pgbackup("recover", "--cleanup")
+    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     no_recovery_state(lab)
 
 
@@ -206,5 +206,5 @@ def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: La
     lab.wait_healthy()
     assert lab.leader() == leader
     assert rows_in_every_node(lab, "lost_leader") == dict.fromkeys(lab.nodes, "5000")
-    lab.pgbackup("recover", "--cleanup")
+    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     no_recovery_state(lab)
