@@ -164,8 +164,8 @@ class NodeSandbox:
         pg_data = f"{root}/var/lib/postgresql/17/main"
         others = {str(Path(paths.metrics_file).parent.parent): "prometheus",
                   str(Path(paths.metrics_file).parent): "prometheus",
-                  paths.home: "postgres", f"{root}/var/lib/postgresql": "postgres", f"{root}/var/lib/postgresql/17": "postgres",
-                  pg_data: "postgres",
+                  paths.home: "postgres", f"{root}/var/lib/postgresql": "postgres",
+                  f"{root}/var/lib/postgresql/17": "postgres", pg_data: "postgres",
                   f"{pg_data}/pg_wal": "postgres", f"{pg_data}/pg_wal/archive_status": "postgres"}
         for directory in sorted(others):
             parent = Path(directory).parent
@@ -227,7 +227,8 @@ class NodeSandbox:
         process = subprocess.Popen(["runuser", "-u", user, "--", "/usr/bin/python3", "-c", _ADVERSARY,
                                     json.dumps(orders)], stdout=subprocess.PIPE, text=True)
         try:
-            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready", f"the adversary ({user}) did not start"
             yield
         finally:
             stop.touch()

@@ -4,11 +4,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from collections.abc import Iterator  # noqa: E402 -- after the path is set
+from collections.abc import Iterator
 
-import pytest  # noqa: E402
+import pytest
 
-from pgbackup_testkit.adversary import NodeSandbox  # noqa: E402
+from pgbackup_testkit.adversary import NodeSandbox
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ import json
 import os
 import subprocess
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +27,8 @@ from components.context import NodeContext
 from components.context import node_context as template_context
 from components.monitoring import check_script
 from components.proofs import verify_context
-from components.render import render
-from pgbackup_testkit.adversary import NodeSandbox, as_user
+from components.render import render, render_values
+from pgbackup_testkit.adversary import NodeSandbox, as_user, gid, uid
 from tests.test_hostile import valid_settings
 
 RUNS = 30  # the review's race hit within 10 runs; against today's collectors this one hits within 1 to 10
@@ -181,4 +183,90 @@ def test_the_check_run_as_root_reads_only_a_small_regular_file(node_sandbox: Nod
     assert seconds < 5, f"the check took {seconds:.1f} s"
     assert result.returncode == 3, result.stdout + result.stderr
     assert "4242" not in result.stdout
+    box.assert_untouched(before)
+
+
+def test_the_metrics_are_written_by_the_directory_s_owner_never_by_root_in_another_user_s_directory(
+        node_sandbox: NodeSandbox) -> None:
+    """Debian's node_exporter directory is prometheus's: the file is made by prometheus (root does not act
+    there); in a directory of root's alone (as the lab has it), by root."""
+    box = node_sandbox
+    metrics = programs(box)["metrics"]
+    path = Path(box.paths.metrics_file)
+    result, _ = run(box, metrics)
+    assert result.returncode == 0, result.stderr
+    assert (path.stat().st_uid, path.stat().st_gid, oct(path.stat().st_mode)) == (
+        uid("prometheus"), gid("prometheus"), "0o100644")
+    assert "pgbackrest_backup_count" in path.read_text()
+    for directory in (path.parent.parent, path.parent):
+        os.chown(directory, 0, 0)
+    result, _ = run(box, metrics)
+    assert result.returncode == 0, result.stderr
+    assert (path.stat().st_uid, oct(path.stat().st_mode)) == (0, "0o100644")
+
+
+@pytest.fixture(scope="module")
+def rootsafe() -> types.ModuleType:
+    """The helper every root-run node program includes, as a module."""
+    module = types.ModuleType("rootsafe")
+    exec(compile(render_values("monitoring/_rootsafe.py.j2", {}), "_rootsafe.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def test_rootsafe_refuses_a_link_on_the_way_a_shared_directory_and_a_second_hard_link(
+        node_sandbox: NodeSandbox, rootsafe: Any) -> None:
+    box = node_sandbox
+    textfile = Path(box.paths.metrics_file).parent
+    # A link anywhere on the way: refused, nothing written where it points.
+    as_user("prometheus", "mv", str(textfile), f"{textfile}.real")
+    as_user("prometheus", "ln", "-s", str(box.sentinel_dir), str(textfile))
+    with pytest.raises(rootsafe.UnsafePath, match="symbolic link"):
+        rootsafe.write_atomically(str(textfile), "x.prom", "x 1\n", 0o644)
+    with pytest.raises(rootsafe.UnsafePath, match="symbolic link"):
+        rootsafe.read_bounded(f"{textfile}/inside", 1024)
+    assert sorted(os.listdir(box.sentinel_dir)) == ["inside"]
+    # A directory a group can write, or one inside another user's: no single user to write as.
+    shared = box.root / "shared"
+    shared.mkdir(mode=0o775)
+    shared.chmod(0o775)
+    os.chown(shared, 0, gid("postgres"))
+    with pytest.raises(rootsafe.UnsafePath, match="writable by group"):
+        rootsafe.write_atomically(str(shared), "x", "x", 0o644)
+    nested = Path(box.paths.home) / "nested"
+    as_user("postgres", "mkdir", str(nested))
+    os.chown(Path(box.paths.home), uid("prometheus"), gid("prometheus"))
+    with pytest.raises(rootsafe.UnsafePath, match="several users"):
+        rootsafe.write_atomically(str(nested), "x", "x", 0o644)
+    # A hard link to root's file (protected_hardlinks stops other users making one; root's reader does not
+    # rely on it) and a file over the limit.
+    os.link(box.sentinel, Path(box.paths.home) / "linked")
+    with pytest.raises(rootsafe.UnsafePath, match="2 links"):
+        rootsafe.read_bounded(f"{box.paths.home}/linked", 1 << 20)
+    os.unlink(Path(box.paths.home) / "linked")
+    with pytest.raises(rootsafe.UnsafePath, match="more than 10"):
+        rootsafe.read_bounded(str(box.sentinel), 10)
+    assert rootsafe.read_bounded(str(box.sentinel), 1 << 20) == box.sentinel.read_bytes()
+
+
+def test_tmpfiles_makes_the_drill_s_metrics_file_without_following_what_prometheus_plants(
+        node_sandbox: NodeSandbox) -> None:
+    """The drill runs as postgres; root's part in its metrics is systemd-tmpfiles' `f` line, which makes the
+    file in prometheus's directory for postgres (at boot and when the files step changes the entry)."""
+    box = node_sandbox
+    conf = box.root / "pgbackup.conf"
+    conf.write_text(render("systemd/pgbackup.tmpfiles.j2", dataclasses.replace(
+        template_context(valid_settings(), valid_settings().cluster.nodes[0]), paths=box.paths)))
+    textfile = str(Path(box.paths.drill_metrics).parent)
+    Path(box.paths.lock).mkdir(parents=True)  # the line before it: pgBackRest's lock directory, as it makes it
+    os.chown(box.paths.lock, uid("postgres"), gid("postgres"))
+    Path(box.paths.lock).chmod(0o750)
+    before = box.snapshot()
+    with box.adversary("prometheus", [textfile], names=[box.paths.drill_metrics]):
+        start = sentinels(box)
+        for number in range(1, 11):
+            started = time.monotonic()
+            subprocess.run(["systemd-tmpfiles", "--create", str(conf)], capture_output=True, text=True,
+                           timeout=TIMEOUT, check=False)
+            assert time.monotonic() - started < 10
+            assert sentinels(box) == start, f"run {number} of 10 changed the sentinels"
     box.assert_untouched(before)
