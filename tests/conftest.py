@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.providers import ADMIN_ENV, admin_env
+from pgbackup_testkit.adversary import NodeSandbox
 
 # pgbackup:offsite's administrator's key, as the environment of `pulumi up` holds it (PGBACKUP_OFFSITE_*): sentinel
 # values, so a test can show where they go (and where they never go). repo1's variables are left unset.
@@ -22,3 +23,13 @@ def offsite_admin_key() -> Iterator[dict[str, str]]:
         for name, value in OFFSITE_ADMIN_ENV.items():
             patch.setenv(name, value)
         yield OFFSITE_ADMIN_ENV
+
+
+@pytest.fixture
+def node_sandbox() -> Iterator[NodeSandbox]:
+    """A node's directories with Debian's owners, sentinels and an adversary (pgbackup_testkit/adversary.py)."""
+    box = NodeSandbox.create()
+    try:
+        yield box
+    finally:
+        box.remove()

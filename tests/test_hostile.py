@@ -30,7 +30,7 @@ from components.layout import FULL, METRICS_CALENDAR, PATHS
 from components.monitoring import alert_rules, check_script
 from components.plan import dynamic_config
 from components.proofs import verify_context
-from components.render import TEMPLATES, RenderError, render
+from components.render import TEMPLATES, RenderError, render, render_values
 from components.text import unsafe_character
 from tests.harness import node_config, node_files, run_program, stack_config
 from tests.test_rendered import option_lines, pgbackrest_judge, verify_units
@@ -155,6 +155,8 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
         "monitoring/pgbackrest.rules.yml.j2": lambda: alert_rules(settings),
         "monitoring/pgbackup-metrics.py.j2": lambda: render("monitoring/pgbackup-metrics.py.j2", ctx),
         "monitoring/pgbackup-check.py.j2": lambda: check_script(settings, ctx),
+        # Included by the three above (one source); it reads no value.
+        "monitoring/_rootsafe.py.j2": lambda: render_values("monitoring/_rootsafe.py.j2", {}),
         "drill/pgbackup-drill.py.j2": drill_file("/pgbackup-drill"),
         "systemd/pgbackup-drill.service.j2": drill_file("/pgbackup-drill.service"),
         "systemd/pgbackup-drill.timer.j2": drill_file("/pgbackup-drill.timer"),
