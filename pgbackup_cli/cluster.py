@@ -76,8 +76,10 @@ class Cluster:
     def scope(self, node: str) -> str:
         """Patroni's scope, from the node's patroni.yml."""
         config = self.q(self.stack.cluster.patroni_config)
-        script = (f"rs_as_owner {config} timeout 60 python3 -c 'import sys, yaml; "
-                  f"print(yaml.safe_load(open(sys.argv[1]))[\"scope\"])' {config}")
+        script = (f"rs_as_owner {config} timeout 60 python3 -c 'import sys, yaml\n"
+                  "text = open(sys.argv[1], \"rb\").read(1048577)\n"
+                  "if len(text) > 1048576: sys.exit(sys.argv[1] + \" is larger than 1 MiB: refused\")\n"
+                  f"print(yaml.safe_load(text)[\"scope\"])' {config}")
         return self.node(node).check(script, what="reading Patroni's scope").strip()
 
     # -- PostgreSQL and pgBackRest

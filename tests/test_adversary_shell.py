@@ -22,7 +22,7 @@ import pytest
 from pgbackup_cli import recover
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError
-from pgbackup_testkit.adversary import Adversary, Sandbox, make_sandbox
+from pgbackup_testkit.adversary import Adversary, Sandbox, content_attack, make_sandbox
 
 STEPS = ("install", "files", "patroni-local", "stanza", "archiving", "verify", "schedule", "unschedule")
 OPERATOR = ("restore", "replicas", "cleanup", "state", "forget-state", "members", "scope")
@@ -149,3 +149,42 @@ def test_recover_refuses_a_link_at_pg_data_naming_it(box: Sandbox) -> None:
     with pytest.raises(RemoteError, match=f"{box.pg_data} is a symbolic link, not a directory: refused"):
         recover.Recovery(cluster, plan(box), print).step_restore()
     box.assert_unchanged(before)
+
+
+def test_patronictl_runs_as_the_owner_of_patroni_yml(box: Sandbox) -> None:
+    """Root never runs patronictl against a file postgres may write: every call runs as its owner."""
+    for step in ("patroni-local", "stanza", "archiving", "verify"):
+        result = run_step(step, box, lambda: None)
+        assert result.returncode == 0, result.stderr
+    box_cluster(box, lambda: None).members()
+    calls = [c for c in box.calls() if " patronictl " in f" {c} "]
+    assert calls, "no patronictl call recorded"
+    assert all(c.startswith("postgres patronictl ") for c in calls), calls
+
+
+@pytest.mark.parametrize("name", ["patroni-local", "archiving", "scope"])
+def test_a_huge_patroni_yml_is_refused_not_read_forever(name: str, box: Sandbox) -> None:
+    """postgres owns patroni.yml: a 1 TiB sparse one ends the script (refused), it does not hang root."""
+    content_attack(box.root / "etc/patroni/patroni.yml", "postgres")
+    if name == "scope":
+        with pytest.raises(RemoteError, match="larger than"):
+            run_operator(name, box, lambda: None)
+    else:
+        result = run_step(name, box, lambda: None)
+        assert result.returncode != 0
+        assert "larger than" in result.stderr
+
+
+def test_patroni_local_keeps_no_copy_of_patronis_passwords(box: Sandbox) -> None:
+    """Issue 20 (Low): after a successful change, no patroni.yml.pgbackup-prev (it holds Patroni's passwords);
+    one an interrupted earlier run left goes too."""
+    config = box.root / "etc/patroni/patroni.yml"
+    result = run_step("patroni-local", box, lambda: None)
+    assert result.returncode == 0, result.stderr
+    assert "patroni local configuration changed" in result.stdout
+    assert "pgbackrest" in config.read_text()
+    assert not (box.root / "etc/patroni/patroni.yml.pgbackup-prev").exists()
+    (box.root / "etc/patroni/patroni.yml.pgbackup-prev").write_text("password: left-by-an-interrupted-run\n")
+    again = run_step("patroni-local", box, lambda: None)
+    assert "patroni local configuration unchanged" in again.stdout
+    assert not (box.root / "etc/patroni/patroni.yml.pgbackup-prev").exists()
