@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from components.layout import PATHS
 from pgbackup_cli import recover
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError
@@ -188,3 +189,12 @@ def test_patroni_local_keeps_no_copy_of_patronis_passwords(box: Sandbox) -> None
     again = run_step("patroni-local", box, lambda: None)
     assert "patroni local configuration unchanged" in again.stdout
     assert not (box.root / "etc/patroni/patroni.yml.pgbackup-prev").exists()
+
+
+def test_every_step_of_the_program_is_run_against_the_adversary_in_the_sandbox(box: Sandbox) -> None:
+    """A new step is added to STEPS (or this fails); every path the rendered scripts name lies in the sandbox."""
+    scripts = box.step_scripts()
+    assert set(scripts) == set(STEPS)
+    for step, script in scripts.items():
+        for path in (getattr(PATHS, name) for name in PATHS.__dataclass_fields__):
+            assert f" {path}" not in script and f"'{path}" not in script, f"{step} names {path} outside the sandbox"
