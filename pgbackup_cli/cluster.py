@@ -18,6 +18,8 @@ from pgbackup_cli.untrusted import Unreadable, answers, loads, reader_command
 
 T = TypeVar("T")
 
+RECOVER_STATE = f"{PATHS.state_dir}/recover.json"
+
 
 class UnreadableFile(RemoteError):
     """A file on a node is there but is not what the command reads (a link, not a regular file, too large,
@@ -25,6 +27,9 @@ class UnreadableFile(RemoteError):
 
 
 class Cluster:
+    recover_state = RECOVER_STATE
+    """Where a recovery records its progress on its leader (root's, in PATHS.state_dir)."""
+
     def __init__(self, stack: Stack, key: paramiko.PKey | None) -> None:
         self.stack = stack
         cluster = stack.cluster
@@ -54,7 +59,10 @@ class Cluster:
 
     # -- Patroni
     def patronictl(self, args: str) -> str:
-        return f"timeout 60 patronictl -c {self.q(self.stack.cluster.patroni_config)} {args}"
+        """patronictl as the owner of Patroni's configuration (rs_as_owner: root never runs it against a file
+        another user may write). Values from the DCS in `args` go after `--`."""
+        config = self.q(self.stack.cluster.patroni_config)
+        return f"rs_as_owner {config} timeout 60 patronictl -c {config} {args}"
 
     def members(self, prefer: str | None = None) -> list[dict[str, Any]]:
         """`patronictl list -f json` from the first node that answers (`prefer` first)."""
@@ -79,8 +87,11 @@ class Cluster:
 
     def scope(self, node: str) -> str:
         """Patroni's scope, from the node's patroni.yml."""
-        script = (f"python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[\"scope\"])' "
-                  f"{self.q(self.stack.cluster.patroni_config)}")
+        config = self.q(self.stack.cluster.patroni_config)
+        script = (f"rs_as_owner {config} timeout 60 python3 -c 'import sys, yaml\n"
+                  "text = open(sys.argv[1], \"rb\").read(1048577)\n"
+                  "if len(text) > 1048576: sys.exit(sys.argv[1] + \" is larger than 1 MiB: refused\")\n"
+                  f"print(yaml.safe_load(text)[\"scope\"])' {config}")
         return self.node(node).check(script, what="reading Patroni's scope").strip()
 
     # -- PostgreSQL and pgBackRest
@@ -145,12 +156,10 @@ class Cluster:
         return value
 
     def write_json(self, node: str, path: str, value: dict[str, Any]) -> None:
-        """Atomically (temp file, then rename), root-owned 0600."""
+        """Atomically (temp file, then rename), root-owned 0600, in a directory only root can change (rs_mkdir
+        and rs_write refuse anything else)."""
         q = self.q
         directory = path.rsplit("/", 1)[0]
-        self.node(node).check(f"install -d -m 0700 {q(directory)}; tmp=$(mktemp {q(path)}.XXXXXX); "
-                              f"cat >\"$tmp\"; chmod 0600 \"$tmp\"; mv -f \"$tmp\" {q(path)}",
+        self.node(node).check(f"rs_mkdir {q(directory)} root root 0700; rs_write {q(path)} 0600 root root",
                               stdin=json.dumps(value, indent=1, sort_keys=True) + "\n", what=f"writing {path}")
 
-
-RECOVER_STATE = f"{PATHS.state_dir}/recover.json"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pgbackup_cli.cluster import RECOVER_STATE, Cluster, UnreadableFile
+from pgbackup_cli.cluster import Cluster, UnreadableFile
 from pgbackup_cli.remote import RemoteError
 from pgbackup_cli.repository import LATEST, choose_backup, holdings, parse_target
 
@@ -120,7 +120,8 @@ def describe_members(members: list[dict[str, Any]]) -> str:
 
 def find_state(cluster: Cluster) -> Plan | None:
     """The recovery recorded on any node (the leader of a recovery keeps its state)."""
-    found = cluster.on_each(list(cluster.nodes), lambda node: cluster.read_json(node.name, RECOVER_STATE, user=None))
+    found = cluster.on_each(list(cluster.nodes),
+                            lambda node: cluster.read_json(node.name, cluster.recover_state, user=None))
     plans = []
     for name, value in found.items():
         if isinstance(value, UnreadableFile):  # a recovery may be recorded there: nothing is decided without it
@@ -129,7 +130,7 @@ def find_state(cluster: Cluster) -> Plan | None:
             try:
                 plans.append(Plan.from_json(value))
             except TypeError as error:
-                raise UnreadableFile(f"{name}: {RECOVER_STATE} is not a recovery's state ({error})") from None
+                raise UnreadableFile(f"{name}: {cluster.recover_state} is not a recovery's state ({error})") from None
     plans.sort(key=lambda plan: plan.started)
     return plans[-1] if plans else None
 
@@ -142,7 +143,7 @@ class Recovery:
         self.pg_ctl = cluster.as_postgres(f"{stack.pg_bin}/pg_ctl -D {self.q(plan.pg_data)}")
 
     def save(self) -> None:
-        self.cluster.write_json(self.plan.leader, RECOVER_STATE, self.plan.to_json())
+        self.cluster.write_json(self.plan.leader, self.cluster.recover_state, self.plan.to_json())
 
     def run(self) -> dict[str, Any]:
         plan = self.plan
@@ -181,7 +182,7 @@ class Recovery:
         script = f"""
 if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
 if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
-install -d -o postgres -g postgres -m 0700 {q(plan.pg_data)}
+rs_mkdir {q(plan.pg_data)} postgres postgres 0700  # a link or another owner's directory there is refused
 {self.cluster.pgbackrest(f"--repo=1 --delta {target}--log-level-console=warn restore")}
 {self.pg_ctl} -o {q("-c listen_addresses=''")} -l {log} -w -t {WAIT} start
 deadline=$((SECONDS + {WAIT}))
@@ -224,10 +225,10 @@ done
             data, aside = q(plan.pg_data), q(plan.aside[node])
             self.cluster.node(node).check(f"""
 systemctl stop patroni
-if [[ -e {aside} ]]; then rm -rf {data}  # a rebuild this recovery started: the node's own data is aside
-elif [[ -e {data} ]]; then mv {data} {aside}
+if [[ -e {aside} || -L {aside} ]]; then rs_rm_tree {data}  # a rebuild this recovery started: the data is aside
+elif [[ -e {data} || -L {data} ]]; then rs_rename {data} {aside}
 fi
-install -d -o postgres -g postgres -m 0700 {data}
+rs_mkdir {data} postgres postgres 0700
 systemctl start patroni
 """, what="moving the data directory aside")
             self.say(f"      {node}: {plan.pg_data} -> {plan.aside[node]}; Patroni started")
@@ -274,12 +275,11 @@ systemctl start patroni
 
 def aside_script(q: Callable[[str], str], pg_data: str) -> str:
     """On a node: removes every directory a recovery moved aside (pgbackup's own name, a real directory, never
-    a link) and prints each path it removed."""
-    return f"""set -euo pipefail
-shopt -s nullglob
+    a link; as the owner of the directory it lies in, rs_rm_tree) and prints each path it removed."""
+    return f"""shopt -s nullglob
 for dir in {q(pg_data + ASIDE_SUFFIX)}*; do
   if [[ "${{dir}}" =~ {ASIDE_SUFFIX.replace(".", "[.]")}{ASIDE_STAMP}$ && -d "${{dir}}" && ! -L "${{dir}}" ]]; then
-    rm -rf -- "${{dir}}"
+    rs_rm_tree "${{dir}}"
     printf '%s\\n' "${{dir}}"
   fi
 done
@@ -304,4 +304,5 @@ def cleanup(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> 
     if failed:
         raise RemoteError("cleanup incomplete, run it again: " + "; ".join(str(e) for e in failed.values()))
     if plan is not None:
-        cluster.node(plan.leader).check(f"rm -f {cluster.q(RECOVER_STATE)}", what="removing the recovery's state")
+        cluster.node(plan.leader).check(f"rs_rm_tree {cluster.q(cluster.recover_state)}",
+                                        what="removing the recovery's state")

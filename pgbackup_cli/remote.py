@@ -14,6 +14,16 @@ from pathlib import Path
 import paramiko
 
 from components.config import NodeConfig
+from components.render import render_values
+
+# The helper every script run as root on a node starts with (templates/scripts/_rootsafe.sh.j2): the only way
+# those scripts create, write, rename or remove a path (README, "Security").
+ROOTSAFE = render_values("scripts/_rootsafe.sh.j2", {})
+
+
+def script_text(script: str) -> str:
+    """The whole bash program a node runs for `script`: strict mode, the root-safe helper, then `script`."""
+    return "set -Eeuo pipefail\n" + ROOTSAFE + script
 
 
 class RemoteError(RuntimeError):
@@ -81,9 +91,9 @@ class Node:
 
     def run(self, script: str, stdin: str = "", timeout: float = 600,
             on_output: Callable[[str], None] | None = None) -> Result:
-        """`script` through `bash -c` (set -Eeuo pipefail first). Output is collected, and passed line by line
-        to `on_output` as it comes when given."""
-        command = "bash -c " + shlex.quote("set -Eeuo pipefail\n" + script)
+        """`script` through `bash -c` (script_text: strict mode and the root-safe helper first). Output is
+        collected, and passed line by line to `on_output` as it comes when given."""
+        command = "bash -c " + shlex.quote(script_text(script))
         client = self._client()
         try:
             transport = client.get_transport()

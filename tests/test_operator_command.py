@@ -18,7 +18,7 @@ import yaml
 from components.config import ConfigError
 from pgbackup_cli import cli, recover
 from pgbackup_cli.cluster import RECOVER_STATE, Cluster
-from pgbackup_cli.remote import RemoteError
+from pgbackup_cli.remote import RemoteError, script_text
 from pgbackup_cli.repository import (
     TargetRefused,
     choose_backup,
@@ -194,7 +194,8 @@ class LocalNode:
 
     def check(self, script: str, stdin: str = "", timeout: float = 600, what: str = "") -> str:
         self.scripts.append(script)
-        result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False, timeout=60)
+        result = subprocess.run(["bash", "-c", script_text(script)], capture_output=True, text=True, check=False,
+                                timeout=60)
         if result.returncode != 0:
             raise RemoteError(f"{self.name}: {what} failed (exit {result.returncode}): {result.stderr}")
         return result.stdout
@@ -230,7 +231,7 @@ def test_cleanup_removes_what_every_recovery_moved_aside_and_nothing_else(tmp_pa
     assert (latest.exists(), older.exists()) == (False, False)  # the recorded recovery's and an earlier one's
     assert [data.is_dir(), *(path.is_dir() for path in kept), link.is_symlink(), target.is_dir()] == [True] * 5
     assert lines == [f"db-1: removed {older}, {latest}"]
-    assert cluster.local["db-1"].scripts[-1] == f"rm -f {RECOVER_STATE}"
+    assert cluster.local["db-1"].scripts[-1] == f"rs_rm_tree {RECOVER_STATE}"
     lines.clear()
     recover.cleanup(cluster, None, lines.append)  # nothing recorded, nothing left
     assert lines == ["db-1: nothing moved aside"]

@@ -277,12 +277,23 @@ def test_the_leader_sets_archiving_and_restarts_pending_members(
     prefix = f"patronictl -c {patroni_config} "
     assert [c.removeprefix(prefix) for c in result.called("patronictl")] == [
         "list -f json", "edit-config --force --quiet --apply -",
-        "list -f json", "restart main pg3 --pending --force", "list -f json",
-        "list -f json", "restart main pg1 --pending --force", "list -f json",
+        "list -f json", "restart --pending --force -- main pg3", "list -f json",
+        "list -f json", "restart --pending --force -- main pg1", "list -f json",
         "list -f json"]
     applied = yaml.safe_load((tmp_path / "fake" / "edit-config.yaml").read_text())  # from stdin
     assert applied["postgresql"]["parameters"]["archive_mode"] == "on"
     assert "role=leader: archiving configured" in result.stdout
+
+
+def test_a_member_name_from_the_dcs_is_never_read_as_an_option(run: Run, tmp_path: Path) -> None:
+    """Issue 20 (Low): a DCS member named `--help` (or any name outside Patroni's usual characters) is refused
+    before any restart; a valid one is passed after `--` (see the restart calls above)."""
+    roles = {"pg1": "Leader", "pg2": "Replica", "--help": "Replica"}
+    responses = [member_list("3", roles), member_list("3", roles, pending=("--help",))]
+    result = run_step(run, tmp_path, "pg1", "archiving", responses)
+    assert result.returncode != 0
+    assert "the DCS lists a member named '--help': not a name pgbackup restarts" in result.stderr
+    assert not [c for c in result.called("patronictl") if " restart " in c]
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pgbackup_cli.remote import ROOTSAFE
 from tests.harness import (
     SENTINELS,
     Run,
@@ -176,7 +177,9 @@ def test_destroy_disables_timers_and_keeps_everything_else(run: Run) -> None:
     assert "systemctl disable --now" in script
     # The only file removed is the Consul service definition (pgbackup:monitoring.consul), when there is one.
     consul = "/etc/consul.d/pgbackrest.json"
-    assert [line.strip() for line in script.splitlines() if "rm " in line] == [f"rm -f {consul}"]
+    own = script.replace(ROOTSAFE, "")  # the root-safe helper every script starts with
+    assert ROOTSAFE in script
+    assert [line.strip() for line in own.splitlines() if "rm " in line] == [f"rm -f {consul}"]
     assert "pgbackrest" not in script.replace(consul, "").replace("pgbackup", "")
 
 

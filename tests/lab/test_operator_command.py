@@ -200,11 +200,31 @@ def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: La
     refused = lab.pgbackup("recover", "--to", "latest", "--yes", check=False)
     assert refused.returncode == 3, refused.stderr
     assert "give --leader NODE" in refused.stderr, refused.stderr
+    # Issue 20.1, for real: postgres (who owns pgData's parent) puts a link to a root-owned directory where
+    # pgData was. The restore step refuses it before restoring anything (root once gave the link's target to
+    # postgres); the recovery, run again once the link is gone, carries on from that step.
+    sentinel = "/var/lib/pgbackup-adversary-sentinel"
+    lab.ssh(leader, f"rm -rf {sentinel} && install -d -o root -g root -m 0755 {sentinel}")
+    lab.ssh(leader, f"runuser -u postgres -- ln -s {sentinel} {PG_DATA}")
+    before = {node: lab.ssh(node, "stat -c '%U:%G %a' /etc").stdout for node in lab.nodes}
+    attacked = lab.pgbackup("recover", "--to", "latest", "--leader", leader, "--yes", check=False, timeout=900)
+    assert attacked.returncode != 0, attacked.stdout
+    assert f"{PG_DATA} is a symbolic link, not a directory: refused" in attacked.stderr, attacked.stderr
+    assert lab.ssh(leader, f"stat -c '%U:%G %a' {sentinel}").stdout.strip() == "root:root 755"
+    lab.ssh(leader, f"runuser -u postgres -- rm {PG_DATA} && rmdir {sentinel}")
     started = time.monotonic()
     done = lab.pgbackup("recover", "--to", "latest", "--leader", leader, "--yes")
     print(f"\nrecover --to latest: {time.monotonic() - started:.1f} s\n{done.stdout[-600:]}")
+    assert "carrying on with the recovery" in done.stdout
     lab.wait_healthy()
     assert lab.leader() == leader
     assert rows_in_every_node(lab, "lost_leader") == dict.fromkeys(lab.nodes, "5000")
+    # pgData on every node (created by postgres on the leader, rebuilt after the move aside on the replicas)
+    # and what was moved aside are postgres's; /etc is as it was.
+    for node in lab.nodes:
+        assert lab.ssh(node, f"stat -c '%U:%G %a %F' {PG_DATA}").stdout.strip() == "postgres:postgres 700 directory"
+        assert lab.ssh(node, "stat -c '%U:%G %a' /etc").stdout == before[node]
+    for node in replicas:
+        assert lab.ssh(node, f"stat -c '%U:%G' {PG_DATA}.before-pitr-*").stdout.strip() == "postgres:postgres"
     lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     no_recovery_state(lab)
