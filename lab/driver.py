@@ -327,8 +327,13 @@ class LabEngine(pulumi.runtime.Mocks):
         style = "path" if str(provider.get("s3UsePathStyle")).lower() == "true" else "virtual"
         # As pulumi-aws: the provider's own key when it has one (pgbackup:offsite's, from PGBACKUP_OFFSITE_AWS_*),
         # else AWS_* from the environment of `pulumi up` (repo1's).
-        key_id = provider.get("accessKey") or self.env["AWS_ACCESS_KEY_ID"]
-        secret = provider.get("secretKey") or self.env["AWS_SECRET_ACCESS_KEY"]
+        # A provider remembered in the driver's state (a delete after the program stopped declaring it) has its
+        # key replaced by "ownKey": Pulumi would decrypt it from the state; the driver reads it again from the
+        # environment it was given (PGBACKUP_OFFSITE_AWS_*).
+        key_id = provider.get("accessKey") or (self.env[f"{OFFSITE_ENV_PREFIX}AWS_ACCESS_KEY_ID"]
+                                               if provider.get("ownKey") else self.env["AWS_ACCESS_KEY_ID"])
+        secret = provider.get("secretKey") or (self.env[f"{OFFSITE_ENV_PREFIX}AWS_SECRET_ACCESS_KEY"]
+                                               if provider.get("ownKey") else self.env["AWS_SECRET_ACCESS_KEY"])
         return boto3.client(service, endpoint_url=url, region_name=provider.get("region"),
                             aws_access_key_id=key_id, aws_secret_access_key=secret,
                             verify=self.env["LAB_CA_FILE"], config=BotoConfig(s3={"addressing_style": style}))
@@ -380,8 +385,10 @@ class LabEngine(pulumi.runtime.Mocks):
         else:
             raise NotImplementedError(f"lab driver: no real implementation for {typ} ({name})")
         # The provider's key stays out of the driver's state file (Pulumi's state would hold it encrypted).
-        self.remember(name, key, outputs, {"type": typ, "provider": {k: v for k, v in provider.items()
-                                                                      if k not in ("accessKey", "secretKey")}})
+        remembered = {k: v for k, v in provider.items() if k not in ("accessKey", "secretKey")}
+        if provider.get("accessKey"):
+            remembered["ownKey"] = True
+        self.remember(name, key, outputs, {"type": typ, "provider": remembered})
         return outputs["id"], {**inputs, **outputs}
 
     def remote_command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -142,7 +142,7 @@ def test_a_healthy_drill_restores_every_row_and_the_cluster_sees_nothing(lab: La
             return lab.sql(chosen, query, port=5432, socket=f"{SCRATCH}/socket")
 
         counts = copy("SELECT string_agg(batch || '=' || n, ',' ORDER BY batch) FROM "
-                      "(SELECT batch, count(*) n FROM drill_canary GROUP BY batch) c")
+                      "(SELECT batch, count(*) n FROM public.drill_canary GROUP BY batch) c")  # search_path is pg_catalog
         assert counts == "after=50,before=100"
         # Promoted onto a timeline of its own, with archiving off, no slots, no upstream.
         assert copy("SELECT pg_is_in_recovery()") == "f"
