@@ -28,7 +28,7 @@ import pytest
 from components.layout import PATHS
 from pgbackup_cli import cli, operations, recover
 from pgbackup_cli.cluster import RECOVER_STATE, Cluster
-from pgbackup_cli.remote import Node, RemoteError, Result
+from pgbackup_cli.remote import Node, RemoteError, Result, script_text
 from pgbackup_cli.stack import Stack, load_stack
 from tests.harness import HEALTHY_INFO
 
@@ -91,7 +91,7 @@ class FakeNode(Node):
         for theirs, ours in self.map.items():
             script, stdin = script.replace(theirs, ours), stdin.replace(theirs, ours)
         # 4 GB of memory at most: a reader that follows a link to /dev/zero fails instead of eating the machine.
-        done = subprocess.run(["bash", "-c", "ulimit -v 4194304\nset -Eeuo pipefail\n" + script], input=stdin,
+        done = subprocess.run(["bash", "-c", "ulimit -v 4194304\n" + script_text(script)], input=stdin,
                               capture_output=True, text=True, timeout=20, check=False)
         out, err = done.stdout, done.stderr
         for theirs, ours in self.map.items():
@@ -330,6 +330,8 @@ def test_root_own_recovery_state_is_read_as_root(nodes: list[FakeNode]) -> None:
 def aside(node: FakeNode) -> Path:
     path = node.pg / "17" / "main.before-pitr-20261122T130000Z"
     path.mkdir(parents=True)
+    for directory in (path.parent, path):  # postgres's, as on a Debian node
+        shutil.chown(directory, "postgres", "postgres")
     return path
 
 
