@@ -97,3 +97,20 @@ def unmet(expr: str, found: list[dict[str, str]]) -> list[str]:
         problems += [f"no label {label!r} on the series of {expr!r}" for label in
                      (part.strip() for part in group.split(",")) if label and label not in labels]
     return problems
+
+
+def queries(board: Mapping[str, Any]) -> list[str]:
+    """The panels' queries and the variables' selectors."""
+    return [*expressions(board), *variable_selectors(board)]
+
+
+def unmet_in_files(board: Mapping[str, Any], stanza: str, files: Mapping[str, str], prefix: str = "",
+                   without: str = "") -> dict[str, list[str]]:
+    """{query: what it asks that no file has} for the dashboard's queries over metrics files {instance: text};
+    only the queries that select a metric starting with `prefix` and none starting with `without` (if given)."""
+    found = [sample for instance, text in files.items() for sample in samples(text, instance)]
+    chosen = [q for q in queries(board)
+              if any(n.startswith(prefix) for n, _ in selectors(q))
+              and not (without and any(n.startswith(without) for n, _ in selectors(q)))]
+    assert chosen, f"no query selects {prefix}*"
+    return {q: problems for q in chosen if (problems := unmet(concrete(q, stanza), found))}
