@@ -7,6 +7,7 @@ import pulumi
 
 from components.cluster import BackupCluster, BackupClusterArgs
 from components.config import StorageConfig, load_settings, repository_key_name
+from components.dashboard import grafana_dashboard
 from components.monitoring import alert_rules
 from components.storage import BackupRepository, BackupRepositoryArgs
 
@@ -73,3 +74,4 @@ pulumi.export("pgbackrestVersion", cluster.pgbackrest_version)
 pulumi.export("lastVerify", cluster.last_verify)
 pulumi.export("lastDrill", cluster.last_drill)
 pulumi.export("alertRules", alert_rules(settings))
+pulumi.export("grafanaDashboard", grafana_dashboard(settings))

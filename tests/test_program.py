@@ -188,7 +188,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
                             "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion",
-                            "storageCost", "lastVerify", "lastDrill"}
+                            "storageCost", "lastVerify", "lastDrill", "grafanaDashboard"}
     assert outputs["pgbackrestVersion"] == "2.45-1"
     assert outputs["storage"]["provider"] == provider
     assert outputs["storage"]["repoPath"] == "/repo"

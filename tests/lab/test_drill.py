@@ -18,6 +18,7 @@ import pytest
 
 from components.report import repo_of
 from lab.control import STANZA, Lab
+from pgbackup_testkit import promql
 
 pytestmark = pytest.mark.lab
 
@@ -198,6 +199,17 @@ def test_the_monthly_drill_restores_repo2s_newest_archive(lab: Lab) -> None:
     # Both repositories' last results, each under its own label.
     assert found[metric("pgbackup_drill_success", repo=2)] == 1
     assert found[metric("pgbackup_drill_success", repo=1)] == 1
+
+
+def test_every_series_the_dashboard_queries_exists_on_the_nodes(lab: Lab) -> None:
+    """The stack output grafanaDashboard against the nodes' real metrics files, as Prometheus would scrape them
+    (instance = the node): after both drills and a collector run on every node, each of its queries finds its
+    series. The verification's panels: tests/lab/test_verify.py (no verification runs in this module)."""
+    board = json.loads(lab.first_apply["outputs"]["grafanaDashboard"])
+    for node in lab.nodes:
+        lab.ssh(node, "systemctl start pgbackup-metrics.service")
+    files = {node: lab.ssh(node, "cat /var/lib/prometheus/node-exporter/*.prom").stdout for node in lab.nodes}
+    assert promql.unmet_in_files(board, STANZA, files, without="pgbackup_verify_") == {}
 
 
 def test_not_enough_space_in_the_scratch_directory_refuses_and_says_why(lab: Lab) -> None:

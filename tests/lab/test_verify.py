@@ -21,6 +21,7 @@ import yaml
 
 from components.report import repo_of
 from lab.control import STANZA, Lab
+from pgbackup_testkit import promql
 
 pytestmark = pytest.mark.lab
 
@@ -125,6 +126,14 @@ def test_verification_of_a_healthy_cluster_reports_ok(lab: Lab, tmp_path: Path) 
     assert int(values["pgbackrest_wal_ready_count"]) <= 1, text
     assert int(values["pgbackrest_wal_ready_oldest_age_seconds"]) < 60, text
     print(f"\nverification of both repositories on a healthy cluster: {seconds:.1f} s")
+
+
+def test_the_dashboards_verification_series_exist_on_the_nodes(lab: Lab) -> None:
+    """The stack output grafanaDashboard's verification panels against the nodes' real metrics files after the
+    healthy verification (the rest of its series: tests/lab/test_drill.py)."""
+    board = json.loads(lab.first_apply["outputs"]["grafanaDashboard"])
+    files = {node: lab.ssh(node, "cat /var/lib/prometheus/node-exporter/*.prom").stdout for node in lab.nodes}
+    assert promql.unmet_in_files(board, STANZA, files, prefix="pgbackup_verify_") == {}
 
 
 def test_verification_flags_bytes_flipped_in_the_newest_full_backup(lab: Lab, tmp_path: Path) -> None:
