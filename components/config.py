@@ -162,9 +162,10 @@ class StorageConfig(_Model):
     noncurrent_version_days: int = Field(
         default=30, ge=1, le=3650,
         description="days a deleted or overwritten version under `repoPath` is kept before the bucket's lifecycle "
-                    "rule removes it (1-3650; see [What the node's key can do](#what-the-nodes-key-can-and-cannot-do)"
-                    "). Replaces `hiddenVersionDays`, which is refused with an error naming this key: it covered B2 "
-                    "only, with 1 day, and a stack that kept it would silently keep that window",
+                    "rule removes it (1-3650; see [What the node's key can do]"
+                    "(security.md#what-the-nodes-key-can-and-cannot-do)). Replaces `hiddenVersionDays`, which is "
+                    "refused with an error naming this key: it covered B2 only, with 1 day, and a stack that kept "
+                    "it would silently keep that window",
         json_schema_extra=doc(short="days a deleted or overwritten version under repoPath is kept before the "
                                     "bucket's lifecycle rule removes it (1-3650); replaces hiddenVersionDays, "
                                     "now refused"),
@@ -173,7 +174,7 @@ class StorageConfig(_Model):
         default=0, ge=0, le=9999,
         description="the repository key's generation: raise it by one to rotate the key (with `create`): the new "
                     "key is made, pushed to every node and proven by `pgbackrest check` before the old one is "
-                    "deleted (see [Key rotation](#key-rotation))",
+                    "deleted (see [Key rotation](security.md#key-rotation))",
         json_schema_extra=doc(short="raise by one to rotate the key: the new key is made, pushed and proven "
                                     "before the old one is deleted"))
     price_per_tb_month: float | None = Field(
@@ -190,7 +191,7 @@ class StorageConfig(_Model):
                     "`aws:SourceIp` in the key's policy (s3, wasabi, minio); refused for b2 (its application keys "
                     "have no address condition) and with `create: false` (that key's policy is yours). Unset: any "
                     "address. The administrator's key is not limited. See [Keys that work only from the nodes]"
-                    "(#keys-that-work-only-from-the-nodes-allowedsourceips) for what it costs",
+                    "(security.md#keys-that-work-only-from-the-nodes-allowedsourceips) for what it costs",
         json_schema_extra=doc(short="IPs or CIDR ranges the node's key works from (its policy denies any other "
                                     "source address); not for b2; unset: any address"))
 
@@ -200,7 +201,7 @@ class StorageConfig(_Model):
                     "account's administrator included, can remove it or shorten its lock before then): the bucket is "
                     "created with versioning and Object Lock (B2: file lock) and this default retention; needs "
                     "pgBackRest 2.54 or later (`pgbackrest.version`) and `noncurrentVersionDays` at least as long. "
-                    "See [What the node's key can do](#what-the-nodes-key-can-and-cannot-do)",
+                    "See [What the node's key can do](security.md#what-the-nodes-key-can-and-cannot-do)",
         json_schema_extra=doc(short="0: off; days every new version is locked in compliance mode (Object Lock, B2 "
                                     "file lock); needs pgBackRest >= 2.54 and noncurrentVersionDays >= it"),
     )

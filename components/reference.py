@@ -1,7 +1,7 @@
 """The configuration reference, generated from the models in components/config.py: each field's
-`description` (the README's meaning text, Markdown), its default (or the one `doc(default=...)` shows) and
+`description` (the reference's meaning text, Markdown), its default (or the one `doc(default=...)` shows) and
 `doc(short=...)` for Pulumi.yaml; the secrets from `SECRET_KEYS`. It fills the blocks between
-`BEGIN generated` / `END generated` markers in README.md (the tables of "Configuration") and in Pulumi.yaml
+`BEGIN generated` / `END generated` markers in docs/configuration.md (its tables) and in Pulumi.yaml
 (the comment block and `config:`); the text around them stays hand-written.
 
     python -m components.reference           # rewrite both files (make reference)
@@ -29,8 +29,9 @@ from components.config import NAMESPACE, OBJECT_KEYS, SECRET_KEYS, SecretKey
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX_COMMAND = "make reference"
+CONFIGURATION_DOC = "docs/configuration.md"  # the generated tables live here
 WIDTH = 120  # Pulumi.yaml's comment lines, like the code's
-NONE = "—"  # the README's "no default"
+NONE = "—"  # the reference's "no default"
 OPTIONAL_BLOCK = "optional objects"
 SECRETS_BLOCK = "secrets"
 YAML_BLOCK = "configuration reference"
@@ -46,7 +47,7 @@ class Key:
 
     name: str  # as written in the stack (camelCase)
     default: str  # Markdown; NONE when there is none
-    meaning: str  # Markdown (the README)
+    meaning: str  # Markdown (docs/configuration.md)
     short: str  # plain text (Pulumi.yaml)
     entries: tuple[Key, ...] = ()  # the keys of each entry, for a list of objects (cluster.nodes)
 
@@ -123,7 +124,7 @@ def _object_tables(objects: list[str]) -> list[str]:
 
 
 def readme_blocks() -> dict[str, str]:
-    """The README's generated blocks by name: one per required object (its heading and tables), one for the
+    """docs/configuration.md's generated blocks by name: one per required object (its heading and tables), one for the
     optional objects together, one for the secrets (a table under the hand-written "Secrets" heading)."""
     blocks: dict[str, list[str]] = {}
     for obj, (_, required) in OBJECT_KEYS.items():
@@ -209,10 +210,10 @@ def fill(text: str, blocks: dict[str, str], comment: Callable[[str], str], separ
 
 
 def generated() -> dict[Path, str]:
-    """What README.md and Pulumi.yaml should hold."""
-    readme, project = ROOT / "README.md", ROOT / "Pulumi.yaml"
+    """What docs/configuration.md and Pulumi.yaml should hold."""
+    readme, project = ROOT / CONFIGURATION_DOC, ROOT / "Pulumi.yaml"
     return {
-        readme: fill(readme.read_text(), readme_blocks(), _html, "\n", readme.name),
+        readme: fill(readme.read_text(), readme_blocks(), _html, "\n", CONFIGURATION_DOC),
         project: fill(project.read_text(), {YAML_BLOCK: pulumi_yaml_block()}, _hash, "", project.name),
     }
 
@@ -221,7 +222,7 @@ def drift() -> str:
     """The unified diff from the committed files to the generated ones ('' when they agree)."""
     return "".join(
         "".join(difflib.unified_diff(path.read_text().splitlines(keepends=True), text.splitlines(keepends=True),
-                                     f"{path.name} (committed)", f"{path.name} (generated)"))
+                                     f"{path.relative_to(ROOT)} (committed)", f"{path.relative_to(ROOT)} (generated)"))
         for path, text in generated().items())
 
 

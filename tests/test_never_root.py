@@ -2,9 +2,10 @@
 files into postgres's repository, spool and log directories).
 
 Every rendered step script, unit, collector and check, for each variant of the configuration, and the lab's
-and README's commands are scanned for pgBackRest invocations; each must run as postgres: in a script through
-`as_postgres` (runuser -u postgres), in a unit with User=postgres and no privileged `+`/`!` prefix, in Python
-through `as_postgres(...)`, in the lab and README through `runuser -u postgres --` or `sudo -u postgres`.
+and the documents' commands (README.md, docs/) are scanned for pgBackRest invocations; each must run as
+postgres: in a script through `as_postgres` (runuser -u postgres), in a unit with User=postgres and no
+privileged `+`/`!` prefix, in Python through `as_postgres(...)`, in the lab and the documents through
+`runuser -u postgres --` or `sudo -u postgres`.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def test_the_lab_and_the_readme_run_pgbackrest_as_postgres() -> None:
         assert root_invocations_in_shell(text, wrappers, invocation) == [], path
         found += len(invocation.findall(text))
     assert found >= 2  # Lab.pgbackrest and the version test
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [block for document in documents
+              for block in re.findall(r"```sh\n(.*?)```", document.read_text(), re.S)]
     assert sum(len(INVOCATION.findall(block)) for block in blocks) >= 5  # the restore procedures
     for block in blocks:
         assert root_invocations_in_shell(block, wrappers) == []

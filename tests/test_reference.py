@@ -1,4 +1,4 @@
-"""The configuration reference is generated from the models (components/config.py) into the README's tables
+"""The configuration reference is generated from the models (components/config.py) into docs/configuration.md's tables
 and Pulumi.yaml's comments (components/reference.py, `make reference`). These tests fail when the committed
 files differ from what the generator makes, and check what it makes: every key of the models documented in
 both, no key the program refuses, tables that GitHub's renderer shows as tables."""
@@ -20,8 +20,8 @@ from components import reference
 from components.config import KNOWN_KEYS, NAMESPACE, OBJECT_KEYS, SECRET_KEYS, NodeConfig, StorageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-CONFIG_SECTION = README[README.index("## Configuration"):README.index("### What is refused")]
+CONFIG_DOC = (ROOT / reference.CONFIGURATION_DOC).read_text()
+CONFIG_SECTION = CONFIG_DOC[CONFIG_DOC.index("## Configuration"):CONFIG_DOC.index("### What is refused")]
 PULUMI_YAML = (ROOT / "Pulumi.yaml").read_text()
 PULUMI_YAML_COMMENTS = [line for line in PULUMI_YAML.splitlines() if line.startswith("#")]
 CMARK = shutil.which("cmark-gfm")
@@ -43,7 +43,7 @@ EXPECTED = {f"{obj}.{key}" for obj, (model, _) in OBJECT_KEYS.items() for key in
 
 
 def readme_keys() -> list[str]:
-    """The key of every row of the README's configuration tables, as a dotted path."""
+    """The key of every row of the configuration reference's tables, as a dotted path."""
     rows = []
     section = nested = ""
     for line in CONFIG_SECTION.splitlines():
@@ -80,7 +80,7 @@ def pulumi_yaml_keys() -> list[str]:
 
 def test_the_committed_reference_is_what_the_models_generate() -> None:
     diff = reference.drift()
-    assert not diff, f"{diff}\nREADME.md / Pulumi.yaml differ from the models' reference: run `make reference`"
+    assert not diff, f"{diff}\ndocs/configuration.md / Pulumi.yaml differ from the models' reference: run `make reference`"
 
 
 def test_the_check_fails_with_the_diff_when_a_description_changes(monkeypatch: pytest.MonkeyPatch,
@@ -101,14 +101,14 @@ def test_a_field_without_description_is_refused(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_missing_markers_are_named() -> None:
-    text = re.sub(r"<!-- (BEGIN|END) generated: secrets[^\n]*\n", "", README)
+    text = re.sub(r"<!-- (BEGIN|END) generated: secrets[^\n]*\n", "", CONFIG_DOC)
     begin = "<!-- BEGIN generated: secrets; edit components/config.py and run `make reference` -->"
-    with pytest.raises(reference.ReferenceError, match=re.escape(f"README.md: no block 'secrets': put the lines "
+    with pytest.raises(reference.ReferenceError, match=re.escape(f"docs/configuration.md: no block 'secrets': put the lines "
                                                                  f"'{begin}'")):
-        reference.fill(text, reference.readme_blocks(), reference._html, "\n", "README.md")
+        reference.fill(text, reference.readme_blocks(), reference._html, "\n", "docs/configuration.md")
 
 
-def test_every_key_is_in_the_readme_once_and_no_other() -> None:
+def test_every_key_is_in_the_configuration_reference_once_and_no_other() -> None:
     rows = readme_keys()
     assert sorted(rows) == sorted(EXPECTED), (
         f"missing: {sorted(EXPECTED - set(rows))}, unknown: {sorted(set(rows) - EXPECTED)}")
@@ -131,7 +131,7 @@ def test_pulumi_yaml_declares_the_required_secrets() -> None:
 
 def test_top_level_keys_are_documented() -> None:
     for key in KNOWN_KEYS:
-        assert f"{NAMESPACE}:{key}" in README, key
+        assert f"{NAMESPACE}:{key}" in CONFIG_DOC, key
         assert any(line.startswith(f"#   {NAMESPACE}:{key} (") for line in PULUMI_YAML_COMMENTS), key
 
 
@@ -171,7 +171,7 @@ def rendered_rows(markdown: str) -> list[list[str]]:
     return [row for table in parser.tables for row in table if row != ["key", "default", "meaning"]]
 
 
-def test_the_readme_renders_the_generated_tables_as_tables() -> None:
+def test_the_configuration_reference_renders_the_generated_tables_as_tables() -> None:
     """Rendered, each generated row is a row of three cells whose meaning is the model's description as text:
     the markers break no table, a `|` in a text splits no cell, the Markdown inside the cells is rendered."""
     section = CONFIG_SECTION[CONFIG_SECTION.index("<!-- BEGIN generated"):]
