@@ -13,7 +13,9 @@ which registering a resource really makes it:
 What a real `pulumi up` keeps in its state (ids, generated secrets, inputs of the last run) the driver keeps
 in $LAB_DIR/driver-state.json (0600). Every command it runs is appended to $LAB_DIR/driver-runs.jsonl.
 
-Usage: python -m lab.driver up | destroy | outputs   (after lab/up.sh; reads $LAB_DIR/env.json)
+Usage: python -m lab.driver up | destroy | outputs [--json] [--stack-file DIR/Pulumi.lab.yaml]
+       (after lab/up.sh; reads $LAB_DIR/env.json). The outputs print as YAML, the alert rules and the dashboard as
+       blocks of text; --json prints them as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -542,6 +545,26 @@ def apply(lab_dir: Path, env: dict[str, str], stack_file: Path, show_secrets: bo
     return {"outputs": shown, "ran": engine.ran}
 
 
+class _ReadableDumper(yaml.SafeDumper):
+    """YAML whose multi-line strings are literal blocks."""
+
+
+def _readable_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_ReadableDumper.add_representer(str, _readable_str)
+
+
+def readable(outputs: dict[str, Any]) -> str:
+    """The stack outputs as a person reads them (`make lab`): YAML, each multi-line text (the alert rules, the
+    Grafana dashboard's JSON) a block of its own lines rather than one escaped string. Loads back to the same
+    values (yaml.safe_load)."""
+    text: str = yaml.dump(outputs, Dumper=_ReadableDumper, sort_keys=True, allow_unicode=True, width=120,
+                          default_flow_style=False)
+    return text
+
+
 def lab_env() -> tuple[Path, dict[str, str]]:
     lab_dir = Path(os.environ.get("LAB_DIR", "/var/tmp/pgbackup-lab"))  # noqa: S108 -- the lab's own state
     env_file = lab_dir / "env.json"
@@ -554,11 +577,16 @@ def lab_env() -> tuple[Path, dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "destroy", "outputs"])
-    parser.add_argument("--stack-file", default=str(ROOT / "Pulumi.lab.yaml"))
+    parser.add_argument("--stack-file", default=str(ROOT / "Pulumi.lab.yaml"),
+                        help="the stack's configuration: a changed copy keeps the name Pulumi.lab.yaml (the stack's "
+                             "name is read from it)")
+    parser.add_argument("--json", action="store_true", help="print the outputs as JSON (default: readable YAML)")
     options = parser.parse_args()
     lab_dir, env = lab_env()
+    show: Callable[[dict[str, Any]], str] = (
+        (lambda outputs: json.dumps(outputs, indent=2, sort_keys=True)) if options.json else readable)
     if options.action == "outputs":
-        print((lab_dir / "outputs.json").read_text())
+        print(show(json.loads((lab_dir / "outputs.json").read_text())))
         return
     if options.action == "destroy":
         LabEngine(lab_dir, env).destroy_all()
@@ -569,7 +597,7 @@ def main() -> None:
         result = apply(lab_dir, env, Path(options.stack_file))
     except Exception as error:  # the program's own error, or a step's
         sys.exit(f"lab driver: pulumi up failed: {error}")
-    print(json.dumps(result["outputs"], indent=2, sort_keys=True))
+    print(show(result["outputs"]))
     print(f"lab driver: {len(result['ran'])} remote or storage operations ran, {time.monotonic() - started:.1f} s",
           file=sys.stderr)
 
