@@ -1,6 +1,6 @@
 """pgbackup: pgBackRest backups of a Patroni cluster into S3-compatible object storage.
 
-Load and validate the configuration, build the components, export the outputs (README: "Outputs").
+Load and validate the configuration, build the components, export the outputs (docs/operating.md: "Outputs").
 """
 
 import pulumi
@@ -44,7 +44,7 @@ cluster = BackupCluster(
     ),
 )
 
-# The outputs contract (README: "Outputs"): keys are only ever added, never renamed.
+# The outputs contract (docs/operating.md: "Outputs"): keys are only ever added, never renamed.
 def location(storage: StorageConfig) -> dict[str, str | None]:
     return {
         "provider": storage.provider,

@@ -119,8 +119,8 @@ class _Model(BaseModel):
 
 
 def doc(*, default: str | None = None, short: str | None = None) -> dict[str, JsonValue]:
-    """What the configuration reference needs beyond a field's `description` (the README's meaning text, in
-    Markdown): the default as the README shows it, when the field's own default does not say it (a derived
+    """What the configuration reference needs beyond a field's `description` (the reference's meaning text, in
+    Markdown): the default as docs/configuration.md shows it, when the field's own default does not say it (a derived
     value), and a shorter plain text for Pulumi.yaml's comments, when the description is long. The reference
     is generated from the models: `make reference` (components/reference.py)."""
     return {key: value for key, value in (("shownDefault", default), ("short", short)) if value is not None}
@@ -694,8 +694,8 @@ ABSENT_UNLESS_SET = frozenset({"offsite"})
 
 @dataclass(frozen=True)
 class SecretKey:
-    """A secret top-level key as the configuration reference shows it: `meaning` in the README (Markdown),
-    `short` in Pulumi.yaml; `when` is the README's default column for a key that is not required. A required
+    """A secret top-level key as the configuration reference shows it: `meaning` in docs/configuration.md (Markdown),
+    `short` in Pulumi.yaml; `when` is the reference's default column for a key that is not required. A required
     one is also declared in Pulumi.yaml's `config:` (Pulumi then asks for it in every stack)."""
 
     meaning: str

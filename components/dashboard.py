@@ -1,4 +1,4 @@
-"""The Grafana dashboard over the metrics the nodes write (stack output `grafanaDashboard`, README "Monitoring"),
+"""The Grafana dashboard over the metrics the nodes write (output `grafanaDashboard`, docs/operating.md "Monitoring"),
 built with Grafana's own dashboards-as-code library (grafana-foundation-sdk), never written as JSON by hand.
 
 A pure function of the settings: the same settings give the same JSON, byte for byte. Its panels query only

@@ -120,7 +120,7 @@ def check_script(settings: Settings, context: NodeContext) -> str:
 
 def consul_service(settings: Settings) -> dict[str, Any]:
     """The Consul service definition: the checks as `args` (Consul dropped `script`), the design's intervals.
-    Consul runs them only where its agent has enable_local_script_checks (README "Monitoring")."""
+    Consul runs them only where its agent has enable_local_script_checks (docs/operating.md "Monitoring")."""
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "tags": ["backup", "postgresql"],

@@ -36,8 +36,8 @@ from pulumi.runtime import rpc
 from components.providers import ADMIN_ENV as PROVIDER_ADMIN_ENV
 
 MODE = "COMPLIANCE"
-"""Nobody, the account's root included, can delete a locked version or shorten its lock (README: "What the node's
-key can and cannot do" says why compliance, not governance)."""
+"""Nobody, the account's root included, can delete a locked version or shorten its lock (docs/security.md: "What the
+node's key can and cannot do" says why compliance, not governance)."""
 
 ADMIN_ENV = {provider: names for provider, names in PROVIDER_ADMIN_ENV.items() if provider != "b2"}
 

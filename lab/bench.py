@@ -17,7 +17,7 @@ backup-standby=prefer, 2.45 without. Measured, in this order:
 4. A restore of the newest backup into a scratch directory on a replica: MB/s of database restored.
    Then the same database restored and started to a ready copy by hand (restore, start, end of recovery) and
    by the restore drill (pgbackup-drill.service on the replica it chooses): the drill's RTO beside it.
-5. RTO of the README's point-in-time recovery of the whole cluster (`pgbackup recover`).
+5. RTO of docs/restoring.md's point-in-time recovery of the whole cluster (`pgbackup recover`).
 
 Usage: .venv/bin/python -m lab.bench [--release trixie|bookworm] [--scale 70] [--keep]
 """
@@ -157,7 +157,7 @@ def _restore(lab: Lab, db_mb: float) -> dict[str, float]:
 
 def _drill_beside_plain_restore(lab: Lab) -> tuple[float, float, float]:
     """Seconds to restore the newest backup, start it, wait for the end of recovery, query, stop and delete
-    it: by hand (the README's drill steps, lab.control), then by pgbackup-drill.service (the sum of its
+    it: by hand (docs/restoring.md's drill steps, lab.control), then by pgbackup-drill.service (the sum of its
     phases); and the drill's RTO (restore plus replay to a ready copy)."""
     node = sorted(m["Member"] for m in lab.members() if m.get("Role") != "Leader")[0]
     started = time.monotonic()
@@ -171,7 +171,7 @@ def _drill_beside_plain_restore(lab: Lab) -> tuple[float, float, float]:
 
 
 def _cluster_pitr(lab: Lab) -> dict[str, float]:
-    """The README's cluster recovery to a point between two batches of rows: the later must be gone everywhere."""
+    """docs/restoring.md's cluster recovery to a point between two batches of rows: the later gone everywhere."""
     target = lab.rows_around_a_target(lab.leader(), "bench_pitr")
     took: dict[str, float] = lab.recover_cluster_to(target)
     for node in lab.nodes:

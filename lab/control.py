@@ -263,7 +263,7 @@ class Lab:
         return target
 
     def restored_copy_says(self, node: str, restore_options: str, query: str) -> str:
-        """The README's restore drill: restore into a scratch directory on `node` with archiving off, start the
+        """docs/restoring.md's restore drill: restore into a scratch directory on `node` with archiving off, start the
         copy on its own port and socket, wait for the end of recovery, run `query`, drop the copy."""
         scratch, sock = "/var/tmp/pitr", "/var/tmp/pitr-sock"  # noqa: S108 -- inside a lab node
         pg_ctl = f"cd /tmp && runuser -u postgres -- {PG_BIN}/pg_ctl -D {scratch}"
@@ -302,7 +302,7 @@ class Lab:
         return directory
 
     def recover_cluster_to(self, target: str) -> dict[str, float]:
-        """`pgbackup recover --to <target> --yes`: the README's point-in-time recovery of the whole cluster.
+        """`pgbackup recover --to <target> --yes`: docs/restoring.md's point-in-time recovery of the whole cluster.
         Returns the seconds each step took (from the recovery's state on the leader); the cluster is healthy
         again at the end, with the replicas' old data directories still aside (`recover --cleanup` removes
         them)."""

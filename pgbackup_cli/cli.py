@@ -1,4 +1,4 @@
-"""The `pgbackup` command (README, "The operator's command").
+"""The `pgbackup` command (docs/operating.md, "The operator's command").
 
     pgbackup status  -s STACK [--json]
     pgbackup backup  -s STACK --type full|incr|diff [--repo N]

@@ -82,7 +82,7 @@ def drill(cluster: Cluster, say: Callable[[str], None]) -> int:
     if not with_unit:
         say(f"{DRILL_UNIT} is not installed on {', '.join(n for n in names if n not in unreachable) or 'any node'}: "
             "this stack's nodes run a pgbackup without the scheduled restore drill (apply a version that has it), "
-            "or see README \"Restore procedures\" for the drill by hand")
+            "or see docs/restoring.md \"Restore drill\" for the drill by hand")
         return 2
     started = time.time()
 

@@ -1,4 +1,4 @@
-"""The whole-cluster point-in-time recovery (README, "Point-in-time recovery of the cluster"), step by step
+"""The whole-cluster point-in-time recovery (docs/restoring.md, "Point-in-time recovery of the cluster"), step by step
 on the stack's nodes, resumable: its progress lives in a state file on the leader (RECOVER_STATE), written
 after every step, so that the same command run again after an interruption carries on where it stopped.
 

@@ -17,7 +17,7 @@ from components.config import NodeConfig
 from components.render import render_values
 
 # The helper every script run as root on a node starts with (templates/scripts/_rootsafe.sh.j2): the only way
-# those scripts create, write, rename or remove a path (README, "Security").
+# those scripts create, write, rename or remove a path (docs/security.md).
 ROOTSAFE = render_values("scripts/_rootsafe.sh.j2", {})
 
 

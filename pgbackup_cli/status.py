@@ -62,7 +62,7 @@ def parse_report(name: str, out: str, now: float) -> dict[str, Any]:
 
 
 def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) -> dict[str, Any]:
-    """The status document (README, "The operator's command")."""
+    """The status document (docs/operating.md, "The operator's command")."""
     now = now or time.time()
     stack = cluster.stack
     problems: list[str] = []

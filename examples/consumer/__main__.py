@@ -1,4 +1,4 @@
-"""Reads pgbackup's stack outputs (README "Outputs") and derives what a monitoring or restore stack needs."""
+"""Reads pgbackup's stack outputs (docs/operating.md "Outputs") and derives what a monitoring or restore stack needs."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ class StackReferenceMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-# The pgbackup stack's name as each kind of backend spells it (Pulumi.yaml, README "First deployment").
+# The pgbackup stack's name as each kind of backend spells it (Pulumi.yaml, docs/deploying.md "First deployment").
 STACK_NAMES = {"Pulumi Cloud": "myorg/pgbackup/prod", "self-managed": "organization/pgbackup/prod"}
 
 

@@ -244,7 +244,7 @@ def test_point_in_time_recovery_into_a_scratch_directory(lab: Lab) -> None:
 
 
 def test_a_monthly_archive_restores_from_the_second_repository(lab: Lab) -> None:
-    """README, "Restore a monthly archive": a backup set of repo2, restored to its end."""
+    """docs/restoring.md, "Restore a monthly archive": a backup set of repo2, restored to its end."""
     leader = lab.leader()
     lab.sql(leader, "CREATE TABLE IF NOT EXISTS monthly (batch text)")
     lab.sql(leader, "INSERT INTO monthly SELECT 'in-the-archive' FROM generate_series(1, 10)")
@@ -557,7 +557,7 @@ def test_a_node_unreachable_at_apply_time(lab: Lab) -> None:
 
 
 def test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says(lab: Lab) -> None:
-    """README, "Point-in-time recovery of the cluster": `pgbackup recover --to <time>` runs its steps."""
+    """docs/restoring.md, "Point-in-time recovery of the cluster": `pgbackup recover --to <time>` runs its steps."""
     leader, replicas = lab.leader(), lab.replicas()
     timeline = max(int(m["TL"]) for m in lab.members())
     target = lab.rows_around_a_target(leader, "cluster_pitr")
@@ -808,7 +808,7 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
     """storage.objectLockDays against an S3 that checks signatures and enforces Object Lock (moto): the bucket
     is created locked; an intruder with the leader's own key deletes every object under the repository prefix
     (delete markers: removing a version is refused); archiving, `check` and the backup fail loudly (the
-    wal-archive check CRITICAL); the README's restore with --repo-target-time brings back the rows written before
+    wal-archive check CRITICAL); docs/restoring.md's restore with --repo-target-time brings back the rows written before
     the deletion; removing the intruder's delete markers and a full backup make the repository healthy again,
     with no WAL lost."""
     s3 = AuthenticatedS3(lab, bucket="pgbackup-lockhost", prefix="lab", port=9446, moto_port=9103, admin=True)
@@ -860,14 +860,14 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         lab.ssh(leader, "systemctl start pgbackup-backup-incr.service", check=False)
         assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "exit-code"  # systemd: the backup failed
 
-        # README "After a deletion": the repository as it was, into a scratch directory on a replica.
+        # docs/restoring.md "After a deletion": the repository as it was, into a scratch directory on a replica.
         counts = lab.restored_copy_says(
             lab.replicas()[0],
             f"--repo=1 '--repo-target-time={before_deletion}' --type=time '--target={target}' --target-action=promote",
             "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
         assert counts.split() == ["before=100"]
 
-        # Healthy again (README): the administrator removes the intruder's delete markers (they are not locked),
+        # Healthy again (docs/restoring.md): the administrator removes the intruder's delete markers (they are not locked),
         # the WAL PostgreSQL kept while archiving failed goes out, and a new full backup goes into each repository.
         # Only the markers added after the time the repository was whole: pgBackRest's own deletes stay deleted.
         whole = datetime.datetime.strptime(before_deletion, "%Y-%m-%d %H:%M:%S+00").replace(tzinfo=datetime.UTC)

@@ -1,5 +1,5 @@
 """End to end: the operator's command (`pgbackup`, pgbackup_cli) against the lab: status, and the
-whole-cluster recovery to the latest state, interrupted, and refused. The README's recovery to a time is
+whole-cluster recovery to the latest state, interrupted, and refused. docs/restoring.md's recovery to a time is
 `test_point_in_time_recovery_of_the_whole_cluster_as_the_readme_says` in test_lab.py."""
 
 from __future__ import annotations
