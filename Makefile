@@ -49,7 +49,7 @@ test: lint unit ## lint, types and the fast suite (the README's test command)
 reference: setup ## rewrite the configuration reference (docs/configuration.md tables, Pulumi.yaml comments) from components/config.py
 	$(PY) -m components.reference
 
-lab: setup-lab ## build and boot the lab, apply the program to it, print the stack outputs
+lab: setup-lab ## build and boot the lab, apply the program to it, print the stack outputs (YAML)
 	lab/up.sh
 	$(PY) -m lab.driver up
 
