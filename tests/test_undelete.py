@@ -26,6 +26,10 @@ from pgbackup_cli import cli, operations, undelete
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Result
 from pgbackup_cli.stack import load_stack
+from tests.test_object_lock import locked_s3  # noqa: F401 -- the fixture
+from tests.test_storage import BUCKET as STORAGE_BUCKET
+from tests.test_storage import PREFIX as STORAGE_PREFIX
+from tests.test_storage import WAL
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ID = "SENTINEL-UNDELETE-ADMIN-KEY-ID"
@@ -305,3 +309,23 @@ def test_no_backup_while_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backups == []
     assert lines == ["pgnode2 (leader): pgbackrest check failed (exit 82): ERROR: [082]: WAL segment was not "
                      "archived"]
+
+
+def test_the_administrator_removes_the_markers_of_a_locked_bucket_the_node_key_cannot(
+        request: pytest.FixtureRequest) -> None:
+    """Against moto with authentication and Object Lock (COMPLIANCE): markers are not locked, so the command's
+    DeleteObjects by version id, with the administrator's key, shows the locked file again; the node's key
+    (pgbackup's repository policy) is refused the same request."""
+    admin, node = request.getfixturevalue("locked_s3")  # tests/test_object_lock.py's
+    node.put_object(Bucket=STORAGE_BUCKET, Key=WAL, Body=b"wal")
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    assert node.delete_object(Bucket=STORAGE_BUCKET, Key=WAL)["DeleteMarker"] is True
+    storage = load_stack("lab", ROOT).storage.model_copy(update={"bucket": STORAGE_BUCKET})
+    where = undelete.Location(1, "pgbackup:storage", storage, f"/{STORAGE_PREFIX}", ("A", "B"))
+    lines: list[str] = []
+    found = undelete.list_markers(admin, where, before, lines.append)
+    assert [key for key, _, _ in found.after] == [WAL]
+    assert undelete.remove(node, STORAGE_BUCKET, found.after, lines.append) != []  # the node's key: refused
+    assert undelete.remove(admin, STORAGE_BUCKET, found.after, lines.append) == []
+    assert admin.get_object(Bucket=STORAGE_BUCKET, Key=WAL)["Body"].read() == b"wal"
+    assert lines == ["removed 0 of 1 delete markers (1 failed)", "removed 1 of 1 delete markers"]
