@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import re
@@ -283,20 +284,25 @@ class Lab:
             self.ssh(node, f"{pg_ctl} -m immediate stop; rm -rf {scratch} {sock}", check=False)
 
     # -- the operator's command
-    def pgbackup(self, *args: str, check: bool = True, timeout: float = 7200) -> subprocess.CompletedProcess[str]:
+    def pgbackup(self, *args: str, check: bool = True, timeout: float = 7200, stack: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """`pgbackup <command> -s lab <args>` (the product's command, pgbackup_cli), with the lab's key and a
-        copy of Pulumi.lab.yaml that names the running release's pgVersion (as the driver applies it)."""
-        return sh(*self.pgbackup_argv(*args), check=check, timeout=timeout, cwd=str(ROOT))
+        copy of Pulumi.lab.yaml (or of `stack`) that names the running release's pgVersion (as the driver applies
+        it); `env` added to this process's environment (an administrator's key, as the operator exports it)."""
+        return sh(*self.pgbackup_argv(*args, stack=stack), check=check, timeout=timeout, cwd=str(ROOT),
+                  env={**os.environ, **(env or {})})
 
-    def pgbackup_argv(self, *args: str) -> list[str]:
-        command, *rest = args
-        return [sys.executable, "-m", "pgbackup_cli", command, "-s", "lab", "-C", str(self.cli_stack_dir()),
-                "--identity", self.env["LAB_SSH_KEY"], *rest]
+    def pgbackup_argv(self, *args: str, stack: dict[str, Any] | None = None) -> list[str]:
+        # The command's words before its options (`repository undelete`): -s and the rest belong to the last one.
+        words = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+        command, rest = args[:words], args[words:]
+        return [sys.executable, "-m", "pgbackup_cli", *command, "-s", "lab", "-C",
+                str(self.cli_stack_dir(stack)), "--identity", self.env["LAB_SSH_KEY"], *rest]
 
-    def cli_stack_dir(self) -> Path:
+    def cli_stack_dir(self, stack: dict[str, Any] | None = None) -> Path:
         directory = LAB_DIR / "cli"
         directory.mkdir(exist_ok=True)
-        config = self.stack()
+        config = copy.deepcopy(stack) if stack is not None else self.stack()
         config["pgbackup:cluster"] = {**config["pgbackup:cluster"], "pgVersion": int(self.env["LAB_PG_VERSION"])}
         (directory / "Pulumi.lab.yaml").write_text(yaml.safe_dump({"config": config}))
         return directory

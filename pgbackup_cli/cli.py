@@ -5,9 +5,11 @@
     pgbackup drill   -s STACK
     pgbackup recover -s STACK --to TIME|latest [--leader NODE] [--yes]
     pgbackup recover -s STACK --cleanup [--yes-delete-old-data]
+    pgbackup repository undelete -s STACK --before TIME [--repo N] [--dry-run]
 
 Exit codes: 0 all well; 1 something needs attention or failed; 2 the command cannot run as asked (bad
-arguments or configuration, an unreachable cluster, a missing unit); 3 recovery refused, nothing touched;
+arguments or configuration, an unreachable cluster, a missing unit); 3 recovery or undelete refused, nothing
+touched;
 130 interrupted (`recover` carries on when run again).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from pathlib import Path
 import paramiko
 
 from components.config import ConfigError
-from pgbackup_cli import operations, recover, status
+from pgbackup_cli import operations, recover, status, undelete
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError, load_key
 from pgbackup_cli.repository import parse_target
@@ -60,6 +63,17 @@ def parser() -> argparse.ArgumentParser:
                          "node, the data directories finished recoveries moved aside; asks for the stack's name")
     rc.add_argument("--yes-delete-old-data", action="store_true",
                     help="with --cleanup: do not ask for the stack's name (--yes does not confirm a cleanup)")
+    repository = sub.add_parser("repository", help="the repository itself, with the storage administrator's key")
+    actions = repository.add_subparsers(dest="action", required=True)
+    ud = actions.add_parser(
+        "undelete", parents=[common],
+        help="remove the delete markers written after --before under the repository's prefix (the administrator's "
+             "key from the environment), then check and a full backup on the leader")
+    ud.add_argument("--before", required=True,
+                    help="a time before the deletion, with its zone, e.g. '2026-11-20 14:00:00+00': the markers "
+                         "written after it are removed")
+    ud.add_argument("--repo", type=int, default=1, choices=(1, 2), help="repository (default 1)")
+    ud.add_argument("--dry-run", action="store_true", help="list the markers it would remove; touch nothing")
     return top
 
 
@@ -149,9 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "backup": lambda: operations.backup(cluster, options.type, options.repo, say),
             "drill": lambda: operations.drill(cluster, say),
             "recover": lambda: run_recover(cluster, options),
+            "repository": lambda: undelete.run(stack, options.repo, options.before, options.dry_run, say,
+                                               lambda: cluster, os.environ),
         }
         return commands[options.command]()
-    except recover.RecoveryRefused as error:
+    except (recover.RecoveryRefused, undelete.UndeleteRefused) as error:
         print(printable(f"pgbackup: {error}"), file=sys.stderr)
         return 3
     except (ConfigError, RemoteError) as error:  # a RemoteError quotes the node's output

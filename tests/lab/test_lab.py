@@ -6,7 +6,6 @@ The tests run in file order and share one lab: each leaves the cluster healthy f
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import re
 import shlex
@@ -809,8 +808,9 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
     is created locked; an intruder with the leader's own key deletes every object under the repository prefix
     (delete markers: removing a version is refused); archiving, `check` and the backup fail loudly (the
     wal-archive check CRITICAL); docs/restoring.md's restore with --repo-target-time brings back the rows written before
-    the deletion; removing the intruder's delete markers and a full backup make the repository healthy again,
-    with no WAL lost."""
+    the deletion; `pgbackup repository undelete` (the administrator's key from the environment) removes the
+    intruder's delete markers, runs check and the full backups through the units, and the repository is healthy
+    again with no WAL lost; the rotation it prints next, in that order, ends with the stolen key refused."""
     s3 = AuthenticatedS3(lab, bucket="pgbackup-lockhost", prefix="lab", port=9446, moto_port=9103, admin=True)
     stack = copy.deepcopy(lab.stack())
     stack["pgbackup:storage"].update(endpoint=s3.endpoint, bucket="pgbackup-locked", objectLockDays=1)
@@ -829,7 +829,8 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         time.sleep(2)
 
         # The intruder: the leader's own key, every object under the prefix deleted by name.
-        intruder = s3.client_as(*node_key(lab, leader))
+        stolen = node_key(lab, leader)
+        intruder = s3.client_as(*stolen)
         names = [o["Key"] for page in intruder.get_paginator("list_objects_v2").paginate(
             Bucket="pgbackup-locked", Prefix="lab/") for o in page.get("Contents", [])]
         assert len(names) > 10, names
@@ -867,23 +868,24 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
             "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
         assert counts.split() == ["before=100"]
 
-        # Healthy again (docs/restoring.md): the administrator removes the intruder's delete markers (they are not locked),
-        # the WAL PostgreSQL kept while archiving failed goes out, and a new full backup goes into each repository.
-        # Only the markers added after the time the repository was whole: pgBackRest's own deletes stay deleted.
-        whole = datetime.datetime.strptime(before_deletion, "%Y-%m-%d %H:%M:%S+00").replace(tzinfo=datetime.UTC)
-        markers = [(m["Key"], m["VersionId"]) for page in administrator.get_paginator("list_object_versions").paginate(
-            Bucket="pgbackup-locked", Prefix="lab/") for m in page.get("DeleteMarkers", [])
-            if m["IsLatest"] and m["LastModified"] > whole]
-        assert sorted(key for key, _ in markers) == sorted(names)
-        for key, marker in markers:
-            administrator.delete_object(Bucket="pgbackup-locked", Key=key, VersionId=marker)
-        # 240 s: PostgreSQL retries the segments that failed on its archiver's next wake-up, and archive-push
-        # first waits for its asynchronous process (archive-timeout, 60 s) to get past the errors it recorded.
-        lab.wait_archived(lab.switch_wal(leader), timeout=240)
-        lab.pgbackrest(leader, "--log-level-console=warn check")
+        # Healthy again (docs/restoring.md): `pgbackup repository undelete` with the administrator's key in the environment
+        # removes the delete markers written after the time the repository was whole (pgBackRest's own deletes
+        # stay deleted), waits for `check` while the WAL PostgreSQL kept goes out, and takes the full backups
+        # (repo1, and repo2 in its prefix) through the backup units.
         before = len(backups(lab))
-        for repo in (1, 2):
-            lab.pgbackrest(leader, f"--log-level-console=warn --repo={repo} --type=full backup", timeout=3600)
+        undeleted = lab.pgbackup("repository", "undelete", "--before", before_deletion, stack=stack, env=admin,
+                                 timeout=1800)
+        out = undeleted.stdout
+        print(f"\n{out}")
+        assert f"removed {len(names)} of {len(names)} delete markers" in out, out
+        assert f"{leader} (leader): pgbackrest check passed" in out, out
+        assert "(full, repo1)" in out, out
+        assert "(full, repo2)" in out, out
+        shown = {o["Key"] for page in administrator.get_paginator("list_objects_v2").paginate(
+            Bucket="pgbackup-locked", Prefix="lab/") for o in page.get("Contents", [])}
+        assert set(names) <= shown, sorted(set(names) - shown)
+        for secret in admin.values():
+            assert secret not in out + undeleted.stderr
         assert lab.info(leader)["status"]["code"] == 0
         assert len(backups(lab)) == before + 1
         assert backups(lab)[-1]["type"] == "full"
@@ -891,6 +893,19 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         counts = lab.restored_copy_says(lab.replicas()[0], "--repo=1 --type=default",
                                         "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
         assert counts.split() == ["after=50", "after-deletion=5", "before=100"]
+
+        # The stolen key, in the order the command printed: the rotation now that the markers are gone (before,
+        # its stanza-create stops with error 40 and the stolen key stays valid).
+        assert "pulumi config set --path pgbackup:storage.keyGeneration 1 -s lab" in out, out
+        assert out.index("removed") < out.index("keyGeneration 1")
+        rotated_stack = copy.deepcopy(stack)
+        rotated_stack["pgbackup:storage"]["keyGeneration"] = 1
+        rotated = lab.apply(rotated_stack, env=admin)
+        assert rotated["outputs"]["stanzaStatus"] == {"code": 0, "message": "ok"}
+        assert node_key(lab, leader)[0] == rotated["outputs"]["accessKeyId"] != stolen[0]
+        with pytest.raises(ClientError) as refused:
+            intruder.list_objects_v2(Bucket="pgbackup-locked", Prefix="lab/")
+        assert refused.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied"), refused.value.response
     finally:
         try:
             lab.apply(env=admin)  # the default stack again, while this S3 still answers
