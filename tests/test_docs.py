@@ -124,11 +124,13 @@ def commands(code: str, program: str) -> Iterator[list[str]]:
             yield [program, *words]
 
 
-def subparsers(top: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subparsers(top: argparse.ArgumentParser, required: bool = True) -> dict[str, argparse.ArgumentParser]:
     for action in top._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
-    raise AssertionError("pgbackup's parser has no subcommands")
+    if required:
+        raise AssertionError("pgbackup's parser has no subcommands")
+    return {}
 
 
 def bad_pgbackup_command(words: list[str]) -> str | None:
@@ -144,7 +146,12 @@ def bad_pgbackup_command(words: list[str]) -> str | None:
     elif args[0] not in subs:
         return f"no subcommand {args[0]!r} (pgbackup has {', '.join(subs)})"
     else:
-        command, options = subs[args[0]], args[1:]
+        command, options, name = subs[args[0]], args[1:], args[0]
+        while (nested := subparsers(command, required=False)) and options and not options[0].startswith("-"):
+            if options[0] not in nested:  # `pgbackup repository undelete`: a command group's own subcommands
+                return f"no subcommand {options[0]!r} in `pgbackup {name}` (it has {', '.join(nested)})"
+            command, name, options = nested[options[0]], f"{name} {options[0]}", options[1:]
+        args = [name, *options]
     known = command._option_string_actions
     for number, word in enumerate(options):
         if not word.startswith("-") or word == "-":
@@ -267,6 +274,8 @@ def test_every_pgbackup_command_shown_is_one_the_program_has(documents: dict[Pat
 
 @pytest.mark.parametrize(("command", "why"), [
     ("pgbackup restore -s prod", "no subcommand 'restore'"),
+    ("pgbackup repository undelte -s prod", "no subcommand 'undelte' in `pgbackup repository`"),
+    ("pgbackup repository undelete -s prod --befor T", "no option --befor in `pgbackup repository undelete`"),
     ("pgbackup status -s prod --verbose", "no option --verbose in `pgbackup status`"),
     ("pgbackup recover -s prod --to latest [--force]", "no option --force in `pgbackup recover`"),
     ("pgbackup backup -s prod --type full|snapshot", "--type 'snapshot' is not one of full, incr, diff"),
