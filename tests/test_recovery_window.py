@@ -145,7 +145,7 @@ def state_with(windows: dict[str, Any]) -> dict[str, Any]:
                       for index, window in windows.items()}}
 
 
-SPLIT = {"pieces": [{"from": T - 7200, "to": T - 3600, "fromTime": "x", "toTime": "y"},
+SPLIT: dict[str, Any] = {"pieces": [{"from": T - 7200, "to": T - 3600, "fromTime": "x", "toTime": "y"},
                     {"from": T - 1800, "to": T - 60, "fromTime": "x", "toTime": "y"}],
          "pieceCount": 2, "damaged": [{"label": "20261125-050000F", "reason": "the verification found it damaged"}],
          "promisedFrom": T - 7200, "missingSeconds": 1800, "endLagSeconds": 0}
@@ -164,8 +164,18 @@ def test_window_metrics_pass_promtool_and_say_what_the_state_says(verify: Any) -
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    # Published with the verification's other metrics.
-    assert text in verify.metrics_of(state_with({"1": SPLIT})) + verify.window_metrics(state_with({"1": SPLIT}))
+
+
+
+def test_publish_writes_the_window_with_the_verifications_metrics(verify: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    written: dict[str, str] = {}
+    monkeypatch.setattr(verify, "load_state", lambda path: (state_with({"1": SPLIT}), None))
+    monkeypatch.setattr(verify, "write_atomically", lambda d, n, text, mode: written.update({n: text}))
+    assert verify.publish() == 0
+    text = written["pgbackup-verify.prom"]
+    assert 'pgbackup_verify_errors{stanza="main",repo="1",kind="checksum"} 0' in text
+    assert 'pgbackup_recovery_window_pieces{stanza="main",repo="1"} 2' in text
 
 
 def test_hostile_window_fields_publish_nothing_false(verify: Any) -> None:
@@ -235,12 +245,15 @@ def test_the_recovery_window_output_is_the_newest_verifications(stack: tuple[Any
     assert found["ok"] is False
     assert found["repos"] is not None
     assert found["repos"]["2"] is None
-    assert found["repos"]["1"]["pieces"] == [  # the times rebuilt from the epochs, never the file's text
+    assert found["repos"]["1"]["pieces"] == [  # type: ignore[index]  # the times rebuilt from the epochs, never the file's text
         {"from": T - 7200, "to": T - 3600, "fromTime": "2026-11-26T03:00:00Z", "toTime": "2026-11-26T04:00:00Z"},
         {"from": T - 1800, "to": T - 60, "fromTime": "2026-11-26T04:30:00Z", "toTime": "2026-11-26T04:59:00Z"}]
     whole = {**SPLIT, "pieces": SPLIT["pieces"][1:], "pieceCount": 1, "damaged": [], "missingSeconds": 0}
     assert proofs_of([{"node": "pg1", "proofs": {"verify": json.dumps(state_with({"1": whole}))}}],
                      NOW)["recoveryWindow"]["ok"] is True  # type: ignore[index]
+    damaged = {**whole, "damaged": SPLIT["damaged"]}  # whole, but a set that cannot start a recovery is kept
+    assert proofs_of([{"node": "pg1", "proofs": {"verify": json.dumps(state_with({"1": damaged}))}}],
+                     NOW)["recoveryWindow"]["ok"] is False  # type: ignore[index]
 
 
 HOSTILE = [
