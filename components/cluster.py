@@ -49,6 +49,7 @@ class BackupCluster(pulumi.ComponentResource):
     pgbackrest_version: pulumi.Output[str]
     last_verify: pulumi.Output[proofs.LastVerify | None]
     last_drill: pulumi.Output[proofs.LastDrill | None]
+    recovery_window: pulumi.Output[proofs.RecoveryWindow | None]
 
     def __init__(self, name: str, args: BackupClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgbackup:cluster:BackupCluster", name, None, opts)
@@ -136,10 +137,11 @@ class BackupCluster(pulumi.ComponentResource):
         self.wal_archive = info.apply(report.wal_archive)
         prices = repository_prices(settings)
         self.storage_cost = reports.apply(lambda rs: report.storage_cost(rs, prices))
-        # The clock is read here, when the reports arrive (at apply time), for these two outputs only.
+        # The clock is read here, when the reports arrive (at apply time), for these outputs only.
         found = reports.apply(lambda rs: proofs.proofs_of(rs, proofs.clock()))
         self.last_verify = found.apply(lambda p: p["lastVerify"])
         self.last_drill = found.apply(lambda p: p["lastDrill"])
+        self.recovery_window = found.apply(lambda p: p["recoveryWindow"])
         self.register_outputs(
             {
                 "cipher_pass": self.cipher_pass,
@@ -151,6 +153,7 @@ class BackupCluster(pulumi.ComponentResource):
                 "pgbackrest_version": self.pgbackrest_version,
                 "last_verify": self.last_verify,
                 "last_drill": self.last_drill,
+                "recovery_window": self.recovery_window,
             }
         )
 

@@ -231,6 +231,28 @@ def _proofs(limits: Thresholds, monthly: bool) -> list[stat.Panel | timeseries.P
     ]
 
 
+def _window() -> list[stat.Panel]:
+    """The recoverable window (pgbackup-verify's recovery_window), as the newest verification computed it."""
+    def newest(metric: str) -> str:
+        return f"max by (repo) (pgbackup_recovery_window_{metric}{{{STANZA}}} and {NEWEST_VERIFY})"
+
+    return [
+        _stat("Recoverable window, by repository",
+              "The earliest and the latest time each repository can recover to, as the newest verification found "
+              "them (`pgbackup status` lists each piece where a WAL gap splits the window).",
+              [_query(f"{newest('start_timestamp_seconds')} * 1000", "repo{{repo}} from", instant=True),
+               _query(f"{newest('end_timestamp_seconds')} * 1000", "repo{{repo}} to", ref="B", instant=True)],
+              "dateTimeAsIso", _steps((None, "blue")), width=12),
+        _stat("Time the window misses, by repository",
+              "Seconds of what retention keeps that no piece of the window covers: a WAL gap, a damaged backup "
+              "set, an expired chain (alert PgBackupRecoveryWindowShort).",
+              [_query(newest("missing_seconds"), "repo{{repo}}", instant=True)], "s", _limit(1)),
+        _stat("Window pieces, by repository",
+              "Pieces of the recoverable window: more than one where a WAL gap no backup bridges splits it.",
+              [_query(newest("pieces"), "repo{{repo}}", instant=True)], "none", _steps((None, "green"), (2, "red"))),
+    ]
+
+
 def build(settings: Settings) -> model.Dashboard:
     """The dashboard, as the library's types."""
     limits = thresholds(settings)
@@ -260,6 +282,7 @@ def build(settings: Settings) -> model.Dashboard:
         ("Backups", _backups(limits, monthly)),
         ("WAL archiving", _archiving(limits)),
         ("Verification and restore drills", _proofs(limits, monthly)),
+        ("Recoverable window", _window()),
     ]
     panel_id = 0
     for title, panels in sections:

@@ -20,6 +20,7 @@ from typing import Any, NotRequired, TypedDict, TypeVar
 from components.config import Settings
 from components.context import NodeContext, extend
 from components.layout import NAMES, PATHS
+from components.window import RepoWindow, read_window, window_ok
 
 STATE_MAX_BYTES = NAMES.state_max_bytes
 ERROR_KINDS = ("checksum", "missing_wal", "other")
@@ -54,9 +55,21 @@ class LastDrill(TypedDict):
     unreadable: NotRequired[str]
 
 
+class RecoveryWindow(TypedDict):
+    """The `recoveryWindow` output: the newest verification's window of each repository (components/window.py
+    has the format); `unreadable` as in LastVerify. `ok`: every repository recovers to all its retention keeps,
+    no damaged set."""
+
+    time: str | None
+    ok: bool
+    repos: dict[str, RepoWindow | None] | None
+    unreadable: NotRequired[str]
+
+
 class Proofs(TypedDict):
     lastVerify: LastVerify | None
     lastDrill: LastDrill | None
+    recoveryWindow: RecoveryWindow | None
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ def verify_context(settings: Settings, ctx: NodeContext) -> VerifyContext:
                   randomized_delay_sec=settings.schedule.randomized_delay_sec, verify_repos=verify_repos(settings))
 
 
-R = TypeVar("R", LastVerify, LastDrill)
+R = TypeVar("R", LastVerify, LastDrill, RecoveryWindow)
 
 # The services write pgbackup-verify.json and pgbackup-drill.json four levels deep at most (repos -> "1" ->
 # errors / phases). Deeper is refused before json.loads, whose recursion would end in a RecursionError.
@@ -208,6 +221,21 @@ def read_drill(text: Any) -> LastDrill:
             "replayedToArchiveEnd": state["replayedToArchiveEnd"]}
 
 
+def read_recovery_window(text: Any) -> RecoveryWindow:
+    """{time, ok, repos} of a pgbackup-verify.json's windows (components/window.py's one validation);
+    Unreadable otherwise."""
+    state = _load(text)
+    time = _time(state.get("time"))
+    if time is None:
+        raise Unreadable("time: expected UTC ISO 8601 (2026-11-26T05:00:00Z)")
+    parse_time(time)
+    try:
+        repos = read_window(state)
+    except ValueError as err:
+        raise Unreadable(str(err)) from None
+    return {"time": time, "ok": window_ok(repos), "repos": repos}
+
+
 def last_verify(text: Any) -> LastVerify | None:
     """read_verify's result, or None for a file that is not as the service writes it."""
     try:
@@ -275,4 +303,6 @@ def proofs_of(reports: Sequence[Mapping[str, Any]], now: datetime) -> Proofs:
         "lastDrill": choose(PATHS.drill_state, [(n, t.get("drill")) for n, t in texts],
                             read_drill, now, {"time": None, "ok": False, "rtoSeconds": None, "restoredBytes": None,
                                               "replayedToArchiveEnd": False}),
+        "recoveryWindow": choose(PATHS.verify_state, [(n, t.get("verify")) for n, t in texts],
+                                 read_recovery_window, now, {"time": None, "ok": False, "repos": None}),
     }

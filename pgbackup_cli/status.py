@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.layout import PATHS
+from components.window import describe, remedies
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.repository import newest_backups
@@ -157,12 +158,39 @@ def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) 
                 why = last.get("reason") or ", ".join(f"{k} {v}" for k, v in last.get("errors", {}).items())
                 problems.append(f"the last {kind} ({last['time']} on {last['node']}) failed: {why}")
         cluster_doc["last" + kind.capitalize()] = last
+    cluster_doc["recoveryWindow"] = recovery_window(cluster_doc.get("lastVerify"), stack.cluster.stanza, problems)
     return {"stack": stack.name, "time": iso(now), "nodes": nodes, "cluster": cluster_doc,
             "problems": problems, "ok": not problems}
 
 
+def recovery_window(last: dict[str, Any] | None, stanza: str, problems: list[str]) -> dict[str, Any] | None:
+    """The newest verification's recoverable window ({time, node, repos}); a repository whose window misses
+    some of what retention keeps, and each damaged set (with its remedy), is a problem."""
+    windows = last.pop("window", None) if last is not None else None
+    if last is None or not windows:
+        return None
+    for index, window in windows.items():
+        if window is not None and window["missingSeconds"]:
+            problems.append(f"repo{index} cannot recover to {window['missingSeconds']} s of what its retention "
+                            f"keeps (the verification at {last['time']}: a WAL gap, a damaged set or an expired "
+                            "chain)")
+        problems.extend(remedies(stanza, index, window))
+    return {"time": last["time"], "node": last["node"], "repos": windows}
+
+
 def cell(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)[:64]
+
+
+def window_lines(found: dict[str, Any] | None) -> list[str]:
+    """Each repository's recoverable window, as the newest verification computed it."""
+    if found is None:
+        return ["recoverable window: not computed yet (pgbackup-verify, drill.verifySchedule)"]
+    lines = []
+    for index, window in found["repos"].items():
+        lines += describe(index, window)
+    return [f"recoverable window (the verification at {found['time']} on {found['node']}):"] + \
+        [f"  {line}" for line in lines]
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -191,6 +219,7 @@ def table(doc: dict[str, Any]) -> str:
                                                  f"on {last.get('node')}"
                                                  + (f", RTO {last['rtoSeconds']:.0f} s"
                                                     if isinstance(last.get("rtoSeconds"), float) else "")))
+    lines += window_lines(c.get("recoveryWindow"))
     lines += ["", "needs attention:" if doc["problems"] else "all well"]
     lines += [f"  - {p}" for p in doc["problems"]]
     return printable("\n".join(lines))

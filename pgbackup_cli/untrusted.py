@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.layout import NAMES
+from components.window import read_window
 
 LIMIT = NAMES.state_max_bytes
 MAX_DEPTH = 16  # the services write objects three levels deep ({"repos": {"1": {"errors": {...}}}})
@@ -225,8 +226,9 @@ PHASE = re.compile(r"[a-z_]{1,32}")
 
 
 def verify_result(text: str, node: str, now: float) -> dict[str, Any]:
-    """{node, time, epoch, ok, errors: {checksum, missing_wal, other}} of a pgbackup-verify.json; `ok` is what
-    the counts say, whatever the file claims. ValueError saying which field is wrong."""
+    """{node, time, epoch, ok, errors: {checksum, missing_wal, other}, window: {repo: window}} of a
+    pgbackup-verify.json; `ok` is what the counts say, whatever the file claims. ValueError saying which field
+    is wrong."""
     state = _state(text)
     seconds = epoch(state.get("time"), now)
     ok = _flag(state, "ok", optional=False)
@@ -235,7 +237,7 @@ def verify_result(text: str, node: str, now: float) -> dict[str, Any]:
         raise ValueError(f"errors: expected {{checksum, missing_wal, other}}, got {_kind(errors)}")
     counts = {kind: _count(errors, kind, optional=False) for kind in ERROR_KINDS}
     return {"node": node, "time": iso(seconds), "epoch": seconds, "ok": bool(ok) and not any(counts.values()),
-            "errors": counts}
+            "errors": counts, "window": read_window(state)}  # components/window.py: the one validation
 
 
 def drill_result(text: str, node: str, now: float) -> dict[str, Any]:

@@ -106,8 +106,11 @@ def files(tmp_path_factory: pytest.TempPathFactory, patroni: str) -> dict[str, s
     verify = module_of(files[VERIFY]["content"], "pgbackup_verify")
     drill = module_of(files[DRILL]["content"], "pgbackup_drill")
     clean = {"checksum": 0, "missing_wal": 0, "other": 0}
-    verified = verify.metrics_of({"time": "2026-11-26T05:00:00Z", "ok": True, "node": "pg1", "errors": clean,
-                                  "repos": {"1": {"errors": clean}, "2": {"errors": clean}}})
+    window = {"pieces": [{"from": 1_795_600_000, "to": 1_795_660_000}], "pieceCount": 1, "damaged": [],
+              "promisedFrom": 1_795_600_000, "missingSeconds": 0, "endLagSeconds": 0}
+    state = {"time": "2026-11-26T05:00:00Z", "ok": True, "node": "pg1", "errors": clean,
+             "repos": {"1": {"errors": clean, "window": window}, "2": {"errors": clean, "window": window}}}
+    verified = verify.metrics_of(state) + verify.window_metrics(state)
     drilled = drill.prom_text({str(repo): {
         "ok": True, "refused": None, "repo": repo, "epoch": 1_795_750_000 + repo, "lastSuccessEpoch": 1_795_750_000,
         "rtoSeconds": 42.5, "restoredBytes": 123456789, "shortfallBytes": 0,

@@ -188,7 +188,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
     outputs = run.outputs
     assert set(outputs) == {"storage", "accessKeyId", "secretAccessKey", "cipherPass", "stanza", "nodes",
                             "stanzaStatus", "lastBackup", "walArchive", "alertRules", "pgbackrestVersion",
-                            "storageCost", "lastVerify", "lastDrill", "grafanaDashboard"}
+                            "storageCost", "lastVerify", "lastDrill", "grafanaDashboard", "recoveryWindow"}
     assert outputs["pgbackrestVersion"] == "2.45-1"
     assert outputs["storage"]["provider"] == provider
     assert outputs["storage"]["repoPath"] == "/repo"
@@ -204,7 +204,7 @@ def test_outputs_contract(provider_run: tuple[str, Run]) -> None:
                                      "stopTime": "2026-11-23T02:01:40Z"}
     assert outputs["walArchive"] == {"min": "000000010000000000000003", "max": "000000010000000000000009"}
     assert run.secret_outputs == {"secretAccessKey", "cipherPass"}
-    assert (outputs["lastVerify"], outputs["lastDrill"]) == (None, None)  # no state file yet
+    assert (outputs["lastVerify"], outputs["lastDrill"], outputs["recoveryWindow"]) == (None, None, None)  # no file yet
 
 
 def test_outputs_with_monthly_archives_in_a_second_repository() -> None:

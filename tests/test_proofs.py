@@ -60,9 +60,11 @@ def test_the_script_knows_both_repositories_and_where_their_wal_is_continuous_fr
 
 def test_verify_output_parsed_by_kind(verify: Any) -> None:
     assert verify.parse_verify(HEALTHY) == {"status": "ok", "errors": {"checksum": 0, "missing_wal": 0, "other": 0},
-                                            "checked": {"wal": 12, "backup": 980}, "notes": []}
+                                            "checked": {"wal": 12, "backup": 980}, "notes": [], "damaged": []}
     damaged = verify.parse_verify(DAMAGED)
     assert damaged["status"] == "error"
+    # Which sets cannot start a recovery: the one with a bad checksum, the listed one without its manifest.
+    assert damaged["damaged"] == ["20261126-070000F", "20261126-080000F"]
     # WAL missing -> missing_wal; wrong size -> other; the backup's checksum -> checksum; no manifest -> other.
     assert damaged["errors"] == {"checksum": 1, "missing_wal": 1, "other": 2}
     # status error with nothing counted, or no status at all (verify did not finish): one other error.
@@ -225,7 +227,8 @@ def test_outputs_are_the_newest_across_nodes(monkeypatch: pytest.MonkeyPatch) ->
     assert outputs["lastDrill"] == {**last_drill(json.dumps(DRILL)), "ok": False,  # type: ignore[dict-item]
                                     "unreadable": "pg1: /var/lib/pgbackrest/pgbackup-drill.json: not JSON"}
     assert proofs_of([json.loads(verify_report("pg1", "replica", None))], NOW) == {"lastVerify": None,
-                                                                                  "lastDrill": None}
+                                                                                  "lastDrill": None,
+                                                                                  "recoveryWindow": None}
 
 
 def reporting(proofs: dict[str, dict[str, Any]]) -> Any:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.report import repo_of
-from lab.control import STANZA, Lab
+from lab.control import LAB_DIR, STANZA, Lab
 from pgbackup_testkit import promql
 
 pytestmark = pytest.mark.lab
@@ -69,9 +69,10 @@ def run_verification(lab: Lab, node: str) -> tuple[str, dict[str, Any], str, flo
     return result, state, lab.ssh(node, f"cat {METRICS}").stdout, seconds
 
 
-def alerts_on(lab: Lab, metrics: str, node: str, tmp_path: Path, expected: list[dict[str, Any]]) -> None:
+def alerts_on(lab: Lab, metrics: str, node: str, tmp_path: Path, expected: list[dict[str, Any]],
+              alertname: str = "PgBackupVerifyFoundErrors") -> None:
     """promtool runs the stack's alert rules on `metrics` (a node's .prom file, as Prometheus would scrape it
-    for 30 minutes with instance=node) and expects PgBackupVerifyFoundErrors to fire as `expected` says."""
+    for 30 minutes with instance=node) and expects `alertname` to fire as `expected` says."""
     (tmp_path / "rules.yml").write_text(lab.first_apply["outputs"]["alertRules"])
     series = []
     for line in metrics.splitlines():
@@ -80,7 +81,7 @@ def alerts_on(lab: Lab, metrics: str, node: str, tmp_path: Path, expected: list[
             series.append({"series": name.replace("}", f',instance="{node}"}}'), "values": f"{value}x30"})
     tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m",
              "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
-                 {"eval_time": "10m", "alertname": "PgBackupVerifyFoundErrors", "exp_alerts": expected}]}]}
+                 {"eval_time": "10m", "alertname": alertname, "exp_alerts": expected}]}]}
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
     result = subprocess.run(["promtool", "test", "rules", "tests.yml"], capture_output=True, text=True, check=False,
                             cwd=tmp_path)
@@ -104,7 +105,31 @@ def assert_healthy(lab: Lab, leader: str, tmp_path: Path) -> float:
         assert state["repos"][repo]["continuity"]["missing"] == 0
         assert state["repos"][repo]["checked"]["wal"] > 0
     alerts_on(lab, metrics, leader, tmp_path, [])
+    for repo in ("1", "2"):  # the recoverable window: one piece, all that retention keeps, nothing damaged
+        window = state["repos"][repo]["window"]
+        assert window["missingSeconds"] == 0, (repo, window)
+        assert window["damaged"] == [], (repo, window)
+        assert window["pieces"][-1]["to"] >= window["pieces"][0]["from"], window
+    assert state["repos"]["1"]["window"]["pieceCount"] == 1, state["repos"]["1"]["window"]
+    for name in ("PgBackupRecoveryWindowShort", "PgBackupBackupSetDamaged", "PgBackupRecoveryWindowEndLags"):
+        alerts_on(lab, metrics, leader, tmp_path, [], name)
     return seconds
+
+
+def window_alert(name: str, summary: str, **labels: str) -> dict[str, Any]:
+    return {"exp_labels": {"severity": "critical", "stanza": STANZA, "repo": "1", **labels},
+            "exp_annotations": {"summary": summary}}
+
+
+def output_after_the_next_apply(lab: Lab) -> dict[str, Any]:
+    """The stack output recoveryWindow after an apply that runs the verify steps again (only them: the
+    driver forgets their inputs, as test_apply_again_changes_nothing does for every step)."""
+    state = lab.driver_state()
+    for name in [n for n in state if n.startswith("cluster-") and n.endswith("-verify")]:
+        state[name]["inputs"] = "forget"
+    (LAB_DIR / "driver-state.json").write_text(json.dumps(state))
+    window: dict[str, Any] = lab.apply()["outputs"]["recoveryWindow"]
+    return window
 
 
 def test_verification_of_a_healthy_cluster_reports_ok(lab: Lab, tmp_path: Path) -> None:
@@ -160,6 +185,31 @@ def test_verification_flags_bytes_flipped_in_the_newest_full_backup(lab: Lab, tm
     assert f'pgbackup_verify_errors{{stanza="{STANZA}",repo="1",kind="checksum"}} {checksum}' in metrics
     alerts_on(lab, metrics, leader, tmp_path, [verify_alert("1", "checksum", checksum)])
     print(f"\nflipped 16 bytes of {target} ({objects[target]} bytes): {repo1['errors']}, {seconds:.1f} s")
+    # The damaged set leaves the recoverable window (with every backup that depends on it), and the alert, the
+    # metric and `pgbackup status` name it with its remedy; it stays so until the set is expired.
+    started = time.monotonic()
+    window = repo1["window"]
+    assert window["damaged"][0] == {"label": full, "reason": "the verification found it damaged"}, window
+    stop = next(b for b in lab.info()["backup"] if b["label"] == full)["timestamp"]["stop"]
+    assert all(p["from"] != stop for p in window["pieces"]), window  # it starts no piece
+    assert f'pgbackup_recovery_window_damaged_set{{stanza="{STANZA}",repo="1",set="{full}"}} 1' in metrics
+    alerts_on(lab, metrics, leader, tmp_path, [window_alert(
+        "PgBackupBackupSetDamaged", f"Backup set {full} in repo1 of stanza {STANZA} is damaged and cannot start a "
+        f"recovery: after a new full backup (`pgbackup backup --type full`), remove it with `pgbackrest "
+        f"--stanza={STANZA} --repo=1 expire --set={full}` as postgres", set=full)], "PgBackupBackupSetDamaged")
+    shown = lab.pgbackup("status", check=False, timeout=300)
+    assert shown.returncode == 1, shown.stdout
+    assert f"backup set {full} in repo1 is damaged" in shown.stdout, shown.stdout
+    assert f"expire --set={full}`" in shown.stdout, shown.stdout
+    # The remedy, as the status says: a new full backup, then the damaged set expired; the next verification
+    # finds the window whole. (The flipped object is put back afterwards into the expired set's directory:
+    # a leftover backup.info does not list, which the verification notes and does not count.)
+    lab.pgbackup("backup", "--type", "full", timeout=900)
+    lab.pgbackrest(leader, f"--repo=1 expire --set={full}")
+    result, state, metrics, _ = run_verification(lab, leader)
+    assert state["repos"]["1"]["window"]["damaged"] == [], state["repos"]["1"]
+    assert "pgbackup_recovery_window_damaged_set" not in metrics
+    print(f"damaged set out of the window, then expired: {time.monotonic() - started:.1f} s")
     assert_healthy(lab, leader, tmp_path)
 
 
@@ -175,8 +225,33 @@ def test_verification_flags_a_wal_segment_deleted_from_the_middle_of_the_archive
     target = archived[-3]  # neither the newest segment nor one the newest backup needs to be consistent
     segment = target.rsplit("/", 1)[1][:24]
     with damaged(lab, target, flip=False):
+        # A backup after the gap starts a recovery again: the window is split in two pieces around the gap.
+        started = time.monotonic()
+        lab.pgbackup("backup", "--type", "incr", timeout=600)
         result, state, metrics, _ = run_verification(lab, leader)
+    # The state file keeps what the verification found until its next run.
+    shown = lab.pgbackup("status", check=False, timeout=300)
+    output = output_after_the_next_apply(lab)
     repo1 = state["repos"]["1"]
+    window = repo1["window"]
+    assert window["pieceCount"] >= 2, window
+    assert window["missingSeconds"] > 0, window
+    before, after = window["pieces"][-2:]
+    assert before["to"] < after["from"], window
+    assert f'pgbackup_recovery_window_pieces{{stanza="{STANZA}",repo="1"}} {window["pieceCount"]}' in metrics
+    assert f'pgbackup_recovery_window_missing_seconds{{stanza="{STANZA}",repo="1"}} {window["missingSeconds"]}' in \
+        metrics
+    alerts_on(lab, metrics, leader, tmp_path, [window_alert(
+        "PgBackupRecoveryWindowShort", f"repo1 of stanza {STANZA} cannot recover to {window['missingSeconds']} s of "
+        "the time its retention keeps (a WAL gap, a damaged backup set or an expired chain): `pgbackup status` "
+        "lists the window's pieces")], "PgBackupRecoveryWindowShort")
+    assert shown.returncode == 1, shown.stdout
+    assert f"piece {before['fromTime']} to {before['toTime']}" in shown.stdout, shown.stdout
+    assert f"piece {after['fromTime']} to {after['toTime']}" in shown.stdout, shown.stdout
+    assert output["ok"] is False, output
+    assert output["repos"]["1"]["pieces"][-2:] == [before, after], output
+    assert output["repos"]["2"]["pieceCount"] >= 1  # repo2 has the segment: its window is not split by it
+    print(f"\nwindow split by the gap (incr backup, verification, status, apply): {time.monotonic() - started:.1f} s")
     assert result == "exit-code", state
     assert repo1["errors"]["missing_wal"] >= 1, repo1
     assert segment in repo1["continuity"]["firstMissing"], repo1
