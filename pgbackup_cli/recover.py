@@ -17,7 +17,7 @@ from typing import Any
 
 from pgbackup_cli.cluster import Cluster, UnreadableFile
 from pgbackup_cli.remote import RemoteError, script_text
-from pgbackup_cli.repository import LATEST, choose_backup, holdings, parse_target
+from pgbackup_cli.repository import LATEST, TARGET_FORM, choose_backup, holdings, parse_target
 
 # The data directories a recovery moves aside: <pg_data><ASIDE_SUFFIX><UTC time as ASIDE_TIME writes it>;
 # ASIDE_STAMP matches that time, and `--cleanup` removes only what has that name.
@@ -118,6 +118,10 @@ def read_target(cluster: Cluster, leader: str, to: str, say: Callable[[str], Non
     if "timestamp" in said or "time zone" in said or "date/time" in said:
         raise RecoveryRefused(f"refused, nothing was touched: --to {to!r}: {leader}'s PostgreSQL does not read it "
                               f"as a time: {said}")
+    if not TARGET_FORM.fullmatch(to.strip()):
+        raise RecoveryRefused(f"refused, nothing was touched: --to {to!r}: {leader}'s PostgreSQL did not answer "
+                              f"({said or f'exit {result.status}'}) and, without it, only a calendar date, a time "
+                              "and a zone such as '2026-11-20 14:15:00+00' are read")
     say(f"warning: {leader}'s PostgreSQL did not answer ({said or f'exit {result.status}'}): the target is read as "
         f"Python reads it, {moment.astimezone(UTC).isoformat(' ')}")
     return moment, moment.astimezone(UTC).isoformat(" ")
@@ -198,6 +202,7 @@ class Recovery:
         self.q = cluster.q
         stack = cluster.stack
         self.pg_ctl = cluster.as_postgres(f"{stack.pg_bin}/pg_ctl -D {self.q(plan.pg_data)}")
+        self.log = RECOVER_LOG
 
     def save(self) -> None:
         self.cluster.write_json(self.plan.leader, self.cluster.recover_state, self.plan.to_json())
@@ -323,7 +328,7 @@ systemctl is-active {q(unit)}.service || true
             timeline = f"--target-timeline={plan.old_timeline} " if plan.old_timeline else ""
             target = (f"--type=time --target={q(plan.target_utc or plan.target)} {timeline}"
                       "--target-action=promote ")
-        log = RECOVER_LOG
+        log = self.q(self.log)
         as_postgres = self.cluster.as_postgres
         return f"""
 if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
