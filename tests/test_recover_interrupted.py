@@ -26,7 +26,7 @@ import pytest
 
 from pgbackup_cli import cli, recover
 from pgbackup_cli.cluster import Cluster
-from pgbackup_cli.remote import Node, Result, script_text
+from pgbackup_cli.remote import Node, RemoteError, Result, script_text
 from pgbackup_cli.stack import Stack, load_stack
 from tests.harness import HEALTHY_INFO
 
@@ -136,7 +136,8 @@ def test_a_target_postgresql_refuses_is_refused_with_exit_3_before_anything_stop
     assert touched == [], touched
     assert not cluster.files  # no recovery recorded
     reading = next(s for s in cluster.scripts() if "-v target=" in s)
-    assert f"-v target={shlex.quote(W47)}" in reading and W47 not in reading.replace(shlex.quote(W47), "")
+    assert f"-v target={shlex.quote(W47)}" in reading
+    assert W47 not in reading.replace(shlex.quote(W47), "")
 
 
 def test_the_target_goes_to_psql_as_a_variable_never_into_the_sql(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +152,9 @@ def test_the_target_goes_to_psql_as_a_variable_never_into_the_sql(monkeypatch: p
     cluster = ScriptedCluster(answer)
     moment, text = recover.read_target(cluster, "pgnode1", "2026-11-22 13:00:00+01", print)
     assert (moment.timestamp() if moment else None, text) == (1795392000.0, "2026-11-22 12:00:00+00")
-    assert stdin_seen and ":'target'::timestamptz" in stdin_seen[0] and "2026" not in stdin_seen[0]
+    assert stdin_seen
+    assert ":'target'::timestamptz" in stdin_seen[0]
+    assert "2026" not in stdin_seen[0]
 
 
 @pytest.mark.parametrize(("epoch", "why"), [(WAL_TIME + 3600, "is newer than the newest archived WAL"),
@@ -171,7 +174,7 @@ def test_without_an_answering_postgresql_only_a_plain_time_is_read(capsys: pytes
     down = ScriptedCluster(psql_says("psql: error: connection to server on socket failed", status=2))
     with pytest.raises(recover.RecoveryRefused, match="did not answer"):
         recover.read_target(down, "pgnode1", W47, print)
-    moment, text = recover.read_target(down, "pgnode1", "2026-11-22 13:00:00+01", print)
+    _moment, text = recover.read_target(down, "pgnode1", "2026-11-22 13:00:00+01", print)
     assert text == "2026-11-22 12:00:00+00:00"
     assert "warning: pgnode1's PostgreSQL did not answer" in capsys.readouterr().out
 
@@ -184,7 +187,8 @@ def test_a_rerun_after_promotion_restores_along_the_old_timeline() -> None:
     script = again.restore_script()
     assert "--type=time --target='2026-11-22 12:00:00+00' --target-timeline=4 --target-action=promote" in script
     latest = recover.Recovery(ScriptedCluster(), plan(target="latest"), print).restore_script()
-    assert "--target-timeline" not in latest and "--type=time" not in latest
+    assert "--target-timeline" not in latest
+    assert "--type=time" not in latest
 
 
 class StubNode(Node):
@@ -254,7 +258,8 @@ echo '{fatal}' >>"$log" """, "echo t")
     result = steps.cluster.node("pgnode1").run(steps.restore_script())
     assert result.status == 1
     assert f"PostgreSQL on this node ended the recovery: {fatal}" in result.err
-    assert "What to do:" in result.err and "pgbackup recover --abort" in result.err
+    assert "What to do:" in result.err
+    assert "pgbackup recover --abort" in result.err
 
 
 @real
@@ -315,7 +320,7 @@ def test_the_restore_runs_as_a_unit_watched_until_it_ends() -> None:
     assert "2026-11-22" not in start  # the step's script goes in on stdin, into a root-only file
     assert len([s for s in cluster.scripts() if "for _ in $(seq" in s]) == 3
     cluster.files[("pgnode1", f"{cluster.recover_state.rsplit('/', 1)[0]}/recover-restore.status")] = "1\n"
-    with pytest.raises(recover.RemoteError, match=r"pgbackup-recover-restore.service failed \(exit 1\)"):
+    with pytest.raises(RemoteError, match=r"pgbackup-recover-restore.service failed \(exit 1\)"):
         recover.Recovery(cluster, plan(), print).step_restore()
 
 
@@ -336,10 +341,12 @@ def test_a_run_again_waits_for_the_unit_an_earlier_run_left_running(node_dir: Pa
     calls = (node_dir / "run" / "calls").read_text()
     script = node_dir / "state" / "recover-restore.sh"
     if active:
-        assert "systemd-run" not in calls and not script.exists()
+        assert "systemd-run" not in calls
+        assert not script.exists()
     else:
         assert "systemd-run --quiet --unit=pgbackup-recover-restore --collect" in calls
-        assert script.stat().st_uid == 0 and oct(script.stat().st_mode & 0o777) == "0o700"
+        assert script.stat().st_uid == 0
+        assert oct(script.stat().st_mode & 0o777) == "0o700"
         assert "echo restoring" in script.read_text()
 
 
@@ -393,14 +400,20 @@ def test_abort_after_the_restore_began_says_what_cannot_be_undone_and_keeps_the_
     assert ("systemctl stop pgbackup-recover-restore.service" in cluster.scripts("pgnode1")) is restore_active
     assert not [s for s in cluster.scripts() if s == "systemctl start patroni" or "rs_rename" in s]
     kept = cluster.files[("pgnode1", cluster.recover_state)]
-    assert kept["aborted"] is True and kept["finished"] is False
+    assert kept["aborted"] is True
+    assert kept["finished"] is False
 
 
 def test_after_an_abort_that_cannot_undo_another_target_may_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     """The new recovery keeps the old timeline (the aborted one may have promoted) and the finished first steps
     (Patroni stopped, the DCS forgotten); without the abort, another target is refused."""
     ran: list[recover.Plan] = []
-    monkeypatch.setattr(recover.Recovery, "run", lambda self: ran.append(self.plan) or {})
+
+    def run(self: recover.Recovery) -> dict[str, Any]:
+        ran.append(self.plan)
+        return {}
+
+    monkeypatch.setattr(recover.Recovery, "run", run)
     for aborted, expected in ((False, 3), (True, 0)):
         cluster = ScriptedCluster(psql_says("1795300000.000000 2026-11-21 22:13:20+00\n"))
         cluster.members = lambda prefer=None: []  # type: ignore[method-assign]  # Patroni stopped everywhere
@@ -410,7 +423,8 @@ def test_after_an_abort_that_cannot_undo_another_target_may_be_chosen(monkeypatc
     new = ran[-1]
     assert (new.target, new.old_timeline, sorted(new.done or {})) == (
         "2026-11-21 22:13:20+00", 4, ["forget-dcs", "stop-patroni"])
-    assert new.aside == plan().aside and new.target_utc == "2026-11-21 22:13:20+00"
+    assert new.aside == plan().aside
+    assert new.target_utc == "2026-11-21 22:13:20+00"
 
 
 @pytest.mark.parametrize(("state", "why"), [(None, "no recovery is recorded"),
