@@ -266,7 +266,9 @@ echo started
     def stop_unit(self, node: str, step: str) -> None:
         unit = UNIT.format(step=step)
         try:
-            self.cluster.node(node).check(f"systemctl stop {self.q(unit)}.service", timeout=400,
+            # A unit not (yet, or any more) loaded is not an error: nothing of it runs.
+            self.cluster.node(node).check(f"systemctl stop {self.q(unit)}.service 2>/dev/null || true\n"
+                                          f"! systemctl is-active --quiet {self.q(unit)}.service", timeout=400,
                                           what=f"systemctl stop {unit}")
             self.say(f"pgbackup: stopped {unit}.service on {node} (the step runs again, from its start, when "
                      "`pgbackup recover` is run again)")

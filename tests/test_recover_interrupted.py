@@ -307,7 +307,7 @@ def test_ctrl_c_stops_the_steps_unit_and_says_so() -> None:
     lines: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         recover.Recovery(cluster, plan(), lines.append).step_restore()
-    assert cluster.scripts("pgnode1")[-1] == "systemctl stop pgbackup-recover-restore.service"
+    assert cluster.scripts("pgnode1")[-1].startswith("systemctl stop pgbackup-recover-restore.service")
     assert any("stopped pgbackup-recover-restore.service on pgnode1" in line for line in lines), lines
 
 
@@ -397,7 +397,8 @@ def test_abort_after_the_restore_began_says_what_cannot_be_undone_and_keeps_the_
     assert "cannot be undone: the restore (step 3) has begun on pgnode1" in text
     assert f"pgnode1 {leads}" in text
     assert "pgbackup recover -s lab --to '2026-11-22 12:00:00+00'" in text
-    assert ("systemctl stop pgbackup-recover-restore.service" in cluster.scripts("pgnode1")) is restore_active
+    stops = [s for s in cluster.scripts("pgnode1") if s.startswith("systemctl stop pgbackup-recover-restore.service")]
+    assert len(stops) == (1 if restore_active else 0)
     assert not [s for s in cluster.scripts() if s == "systemctl start patroni" or "rs_rename" in s]
     kept = cluster.files[("pgnode1", cluster.recover_state)]
     assert kept["aborted"] is True
