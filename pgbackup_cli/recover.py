@@ -303,6 +303,7 @@ systemctl is-active {q(unit)}.service || true
         if isinstance(code, str) and code.strip() == "0":
             return
         tail = self.cluster.node(node).run(
+            f"journalctl --sync 2>/dev/null || true\n"  # the unit's last lines are in the journal before it is read
             f"journalctl -u {q(unit)}.service -n 12 -o cat --no-pager 2>/dev/null | tail -n 12 || true").out.strip()
         ended = f"exit {code.strip()}" if isinstance(code, str) else "it ended without a result (stopped?)"
         raise RemoteError(f"{node}: {unit}.service failed ({ended}):\n{tail}")
