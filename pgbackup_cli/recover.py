@@ -543,9 +543,12 @@ fi
 """, what="moving the data directory back")
         if moved.strip():
             say(f"      {node}: {plan.aside[node]} -> {plan.pg_data}")
-    for node in [plan.leader, *plan.replicas]:
+    for node in [plan.leader, *plan.replicas]:  # the leader first, leading before a replica could race it
         cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
         say(f"      {node}: Patroni started")
+        if node == plan.leader:
+            steps.wait_members(lambda ms: Cluster.leader_of(ms) == plan.leader, f"{plan.leader} leading again", 900,
+                               watch=[plan.leader])
     steps.wait_members(lambda ms: Cluster.leader_of(ms) is not None and all(
         m.get("State") in ("running", "streaming") for m in ms) and len(ms) == len(cluster.nodes),
         "the cluster running again on its old data", 900, watch=[plan.leader])
