@@ -167,11 +167,13 @@ def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float |
                 backup=backup, holds=holds, pg_data=pg_data,
                 aside=dict.fromkeys(replicas, f"{pg_data}{ASIDE_SUFFIX}{stamp}"),
                 old_timeline=max(timelines, default=0), target_utc=target_utc)
-    if after is not None:  # Patroni stopped and the DCS forgotten by the aborted one; its history is the old one
+    if after is not None:  # the aborted one's history is the old one; its replicas' old data keeps its name
         plan.old_timeline = after.old_timeline or plan.old_timeline
         plan.aside = {node: after.aside.get(node, path) for node, path in plan.aside.items()}
-        plan.done = {name: took for name, took in (after.done or {}).items() if name in ("stop-patroni", "forget-dcs")}
-        plan.started = time.time()
+        if after.current == "restore":  # Patroni still stopped everywhere, the DCS still without the cluster
+            plan.done = {name: took for name, took in (after.done or {}).items()
+                         if name in ("stop-patroni", "forget-dcs")}
+            plan.started = time.time()
     return plan
 
 

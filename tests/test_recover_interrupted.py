@@ -428,6 +428,13 @@ def test_after_an_abort_that_cannot_undo_another_target_may_be_chosen(monkeypatc
         "2026-11-21 22:13:20+00", 4, ["forget-dcs", "stop-patroni"])
     assert new.aside == plan().aside
     assert new.target_utc == "2026-11-21 22:13:20+00"
+    # Aborted in step 6: Patroni runs on the restored leader; the new recovery starts again from step 1.
+    cluster = ScriptedCluster(psql_says("1795300000.000000 2026-11-21 22:13:20+00\n"))
+    cluster.files[("pgnode1", cluster.recover_state)] = plan(
+        done={"stop-patroni": 1.0, "forget-dcs": 1.0, "restore": 9.0, "leader": 2.0, "backup": 5.0},
+        current="replicas", aborted=True).to_json()
+    assert recover_main(cluster, monkeypatch, "--to", "2026-11-21 22:13:20+00", "--yes") == 0
+    assert (ran[-1].done, ran[-1].old_timeline) == (None, 4)
 
 
 @pytest.mark.parametrize(("state", "why"), [(None, "no recovery is recorded"),
