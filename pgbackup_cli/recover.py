@@ -5,7 +5,14 @@ after every step, so that the same command run again after an interruption carri
 Patroni owns the cluster and its DCS remembers how far the old history went: Patroni is stopped everywhere,
 the cluster forgotten in the DCS, the leader restored and promoted by hand, Patroni takes it over, a full
 backup of the new timeline is taken, then the replicas (their data directories moved aside) are rebuilt by
-Patroni's pgbackrest replica method."""
+Patroni's pgbackrest replica method.
+
+Interruptible anywhere: the long work on a node (the restore, replay and promotion; the full backup) runs as a
+transient systemd unit the node owns (pgbackup-recover-<step>), its script written root-only beside the state;
+Ctrl-C stops it, a run again waits for one still active, and every step is safe to repeat after it half-ran
+(a restore repeated after its promotion follows the old timeline). The target is read by the leader's own
+PostgreSQL and held against what the repository can reach before anything stops. `--abort` puts an
+unfinished recovery back where the old data still exists, or says what cannot be undone."""
 
 from __future__ import annotations
 
