@@ -5,12 +5,12 @@
     pgbackup drill   -s STACK
     pgbackup recover -s STACK --to TIME|latest [--leader NODE] [--yes]
     pgbackup recover -s STACK --cleanup [--yes-delete-old-data]
+    pgbackup recover -s STACK --abort
     pgbackup repository undelete -s STACK --before TIME [--repo N] [--dry-run]
 
 Exit codes: 0 all well; 1 something needs attention or failed; 2 the command cannot run as asked (bad
 arguments or configuration, an unreachable cluster, a missing unit); 3 recovery or undelete refused, nothing
-touched;
-130 interrupted (`recover` carries on when run again).
+touched; 130 interrupted (`recover` stops its step's unit on the node, and carries on when run again).
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--cleanup", action="store_true",
                     help="a run of its own, after a finished recovery (not with --to): delete for good, on every "
                          "node, the data directories finished recoveries moved aside; asks for the stack's name")
+    rc.add_argument("--abort", action="store_true",
+                    help="a run of its own: put an unfinished recovery back to a running cluster on its old data "
+                         "where that still exists, or say what cannot be undone and what to run instead")
     rc.add_argument("--yes-delete-old-data", action="store_true",
                     help="with --cleanup: do not ask for the stack's name (--yes does not confirm a cleanup)")
     repository = sub.add_parser("repository", help="the repository itself, with the storage administrator's key")
@@ -81,8 +84,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     top = parser()
     options = top.parse_args(argv)
     if options.command == "recover":
-        if options.to is None and not options.cleanup:
-            top.error("recover: give --to TIME|latest, or --cleanup")
+        if options.to is None and not options.cleanup and not options.abort:
+            top.error("recover: give --to TIME|latest, --cleanup or --abort")
+        if options.abort and (options.to is not None or options.cleanup or options.yes_delete_old_data):
+            top.error("recover: --abort is a run of its own (not with --to, --cleanup or --yes-delete-old-data)")
         if options.to is not None and options.cleanup:
             top.error("recover: --cleanup deletes the old data for good and is a run of its own: recover with --to "
                       "first, check the cluster, then `recover --cleanup`")
@@ -109,17 +114,23 @@ def run_status(cluster: Cluster, options: argparse.Namespace) -> int:
 
 def run_recover(cluster: Cluster, options: argparse.Namespace) -> int:
     plan = recover.find_state(cluster)
+    if options.abort:
+        return recover.abort(cluster, plan, say)
     if options.to is None:  # --cleanup, a run of its own
         confirm_cleanup(cluster, plan, options.yes_delete_old_data)
         recover.cleanup(cluster, plan, say)
         return 0
-    if plan is not None and not plan.finished:
+    if plan is not None and not plan.finished and plan.aborted and plan.target != options.to:
+        say(f"the aborted recovery to {plan.target} is replaced by one to {options.to}")
+        plan = recover.make_plan(cluster, options.to, leader=options.leader or plan.leader, say=say, after=plan)
+    elif plan is not None and not plan.finished:
         if plan.target != options.to:
             raise recover.RecoveryRefused(f"a recovery to {plan.target} started on {plan.leader} and has not "
-                                          f"finished: run it again with --to {plan.target!r}")
+                                          f"finished: run it again with --to {plan.target!r}, or "
+                                          "`pgbackup recover --abort` first")
         say(f"carrying on with the recovery to {plan.target} (done: {', '.join(plan.done or {}) or 'nothing'})")
     else:
-        plan = recover.make_plan(cluster, options.to, leader=options.leader)
+        plan = recover.make_plan(cluster, options.to, leader=options.leader, say=say)
     say(plan.text())
     if not options.yes:
         if not sys.stdin.isatty():
@@ -174,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(printable(f"pgbackup: {error}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pgbackup: interrupted; `recover` carries on from its last finished step when run again",
+        print("pgbackup: interrupted; `recover` carries on from its last finished step when run again (or "
+              "`pgbackup recover --abort`)",
               file=sys.stderr)
         return 130

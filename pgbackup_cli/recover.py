@@ -5,7 +5,14 @@ after every step, so that the same command run again after an interruption carri
 Patroni owns the cluster and its DCS remembers how far the old history went: Patroni is stopped everywhere,
 the cluster forgotten in the DCS, the leader restored and promoted by hand, Patroni takes it over, a full
 backup of the new timeline is taken, then the replicas (their data directories moved aside) are rebuilt by
-Patroni's pgbackrest replica method."""
+Patroni's pgbackrest replica method.
+
+Interruptible anywhere: the long work on a node (the restore, replay and promotion; the full backup) runs as a
+transient systemd unit the node owns (pgbackup-recover-<step>), its script written root-only beside the state;
+Ctrl-C stops it, a run again waits for one still active, and every step is safe to repeat after it half-ran
+(a restore repeated after its promotion follows the old timeline). The target is read by the leader's own
+PostgreSQL and held against what the repository can reach before anything stops. `--abort` puts an
+unfinished recovery back where the old data still exists, or says what cannot be undone."""
 
 from __future__ import annotations
 
@@ -16,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgbackup_cli.cluster import Cluster, UnreadableFile
-from pgbackup_cli.remote import RemoteError
-from pgbackup_cli.repository import LATEST, choose_backup, holdings, parse_target
+from pgbackup_cli.remote import RemoteError, script_text
+from pgbackup_cli.repository import LATEST, TARGET_FORM, choose_backup, holdings, parse_target
 
 # The data directories a recovery moves aside: <pg_data><ASIDE_SUFFIX><UTC time as ASIDE_TIME writes it>;
 # ASIDE_STAMP matches that time, and `--cleanup` removes only what has that name.
@@ -35,6 +42,14 @@ STEPS: list[tuple[str, str]] = [
     ("streaming", "wait for every member streaming on the new timeline; pgbackrest check"),
 ]
 WAIT = 3600  # the longest any one wait (a restore, a replay, a rebuild) may take, in seconds
+UNIT = "pgbackup-recover-{step}"  # the transient unit a long step runs as on its node (systemd-run)
+RECOVER_LOG = "/var/log/postgresql/pgbackup-recover.log"  # the restored server's log (pg_ctl -l)
+POLL = 10  # seconds one SSH call watches a unit before the command looks again (and can be interrupted)
+# The FATAL lines a server in recovery logs for a client connecting too early (our own psql polls): not the
+# server failing.
+CLIENT_FATAL = ("the database system is (starting up|not yet accepting connections|shutting down|in recovery mode)"
+                "|terminating connection|password authentication|no pg_hba.conf entry|role .* does not exist"
+                "|database .* does not exist")
 
 
 class RecoveryRefused(RuntimeError):
@@ -57,6 +72,9 @@ class Plan:
     done: dict[str, float] | None = None
     finished: bool = False
     summary: dict[str, Any] | None = None
+    target_utc: str = ""  # the target as the leader's PostgreSQL read it (UTC), given to pgBackRest
+    current: str = ""  # the step begun last (recorded before it touches anything)
+    aborted: bool = False  # `--abort` ran and could not undo: another target may be chosen
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,7 +87,8 @@ class Plan:
         """The plan as the operator reads it before saying yes."""
         order = ", ".join([*self.replicas, self.leader])
         lines = [
-            f"Point-in-time recovery of stack {self.stack} to {self.target}",
+            f"Point-in-time recovery of stack {self.stack} to {self.target}"
+            + (f" (PostgreSQL reads {self.target_utc})" if self.target_utc and self.target_utc != self.target else ""),
             f"  leader (restored, then leads): {self.leader}   Patroni scope: {self.scope}",
             f"  Patroni stopped in this order: {order}",
             f"  backup used: {self.backup} (repo1)",
@@ -84,10 +103,57 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float | None = None) -> Plan:
-    """Everything decided before anything is touched: the leader, the backup, the directories moved aside.
-    RecoveryRefused when the target is outside the repository or there is no leader to restore on."""
-    target = parse_target(to)
+def read_target(cluster: Cluster, leader: str, to: str, say: Callable[[str], None]) -> tuple[datetime | None, str]:
+    """The target as the leader's own PostgreSQL reads it: (the moment, its UTC text); (None, 'latest') for
+    latest. PostgreSQL is the judge (Python's parse_target is a first filter only): RecoveryRefused with its
+    error when it refuses the text. The text goes to psql as a variable (:'target', quoted by psql), never into
+    the SQL. When no PostgreSQL answers on the leader (a cluster already down), Python's reading stands, said."""
+    moment = parse_target(to)  # ValueError: the caller's argument check already refused it
+    if moment is None:
+        return None, LATEST
+    stack = cluster.stack.cluster
+    sql = ("SET TimeZone = 'UTC';\n"
+           "SELECT extract(epoch FROM :'target'::timestamptz)::numeric, :'target'::timestamptz;\n")
+    psql = cluster.as_postgres(f"psql -XAtq -v ON_ERROR_STOP=1 -h {cluster.q(stack.pg_socket_path)} "
+                               f"-p {stack.pg_port} -d postgres -F ' ' -v target={cluster.q(to)} -f -")
+    result = cluster.node(leader).run(f"{psql} 2>&1", stdin=sql, timeout=60)
+    lines = [line for line in result.out.splitlines() if line.strip()]
+    if result.status == 0 and lines:
+        epoch, _, text = lines[-1].partition(" ")
+        return datetime.fromtimestamp(float(epoch), tz=UTC), text
+    said = " ".join(lines)[-400:]
+    if "timestamp" in said or "time zone" in said or "date/time" in said:
+        raise RecoveryRefused(f"refused, nothing was touched: --to {to!r}: {leader}'s PostgreSQL does not read it "
+                              f"as a time: {said}")
+    if not TARGET_FORM.fullmatch(to.strip()):
+        raise RecoveryRefused(f"refused, nothing was touched: --to {to!r}: {leader}'s PostgreSQL did not answer "
+                              f"({said or f'exit {result.status}'}) and, without it, only a calendar date, a time "
+                              "and a zone such as '2026-11-20 14:15:00+00' are read")
+    say(f"warning: {leader}'s PostgreSQL did not answer ({said or f'exit {result.status}'}): the target is read as "
+        f"Python reads it, {moment.astimezone(UTC).isoformat(' ')}")
+    return moment, moment.astimezone(UTC).isoformat(" ")
+
+
+def reachable(cluster: Cluster, leader: str, target: datetime | None) -> tuple[str, str]:
+    """The one check of a target against what the repository can reach (repo1's backups and archived WAL; a
+    recoverable window may replace it): (the backup a restore starts from, what the repository holds), or
+    RecoveryRefused naming the reachable range."""
+    info = cluster.info(leader)
+    held = holdings(info, cluster.newest_wal_time(leader, info))
+    try:
+        backup = choose_backup(held, target)
+    except ValueError as error:
+        raise RecoveryRefused(f"refused, nothing was touched: {error}") from None
+    return backup["label"], held.describe()
+
+
+def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float | None = None,
+              say: Callable[[str], None] = print, after: Plan | None = None) -> Plan:
+    """Everything decided before anything is touched: the leader, the target as PostgreSQL reads it, the
+    backup, the directories moved aside. RecoveryRefused when PostgreSQL refuses the target, the target is
+    outside the repository or there is no leader to restore on. `after`: an aborted recovery this one replaces
+    (its old timeline and its finished first steps carry over)."""
+    parse_target(to)
     members = cluster.members(prefer=leader)
     current = Cluster.leader_of(members)
     if leader is None:
@@ -98,20 +164,24 @@ def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float |
     elif current is not None and current != leader:
         raise RecoveryRefused(f"--leader {leader}: Patroni's leader is {current}; leave --leader out")
     cluster.node(leader)
-    info = cluster.info(leader)
-    held = holdings(info, cluster.newest_wal_time(leader, info))
-    try:
-        backup = choose_backup(held, target)
-    except ValueError as error:
-        raise RecoveryRefused(f"refused, nothing was touched: {error}") from None
+    target, target_utc = read_target(cluster, leader, to, say)
+    backup, holds = reachable(cluster, leader, target)
     stamp = datetime.fromtimestamp(now or time.time(), tz=UTC).strftime(ASIDE_TIME)
     pg_data = cluster.stack.pg_data
     replicas = [name for name in cluster.nodes if name != leader]
     timelines = [int(m["TL"]) for m in members if str(m.get("TL", "")).isdigit()]
-    return Plan(stack=cluster.stack.name, target=to, leader=leader, replicas=replicas, scope=cluster.scope(leader),
-                backup=backup["label"], holds=held.describe(), pg_data=pg_data,
+    plan = Plan(stack=cluster.stack.name, target=to, leader=leader, replicas=replicas, scope=cluster.scope(leader),
+                backup=backup, holds=holds, pg_data=pg_data,
                 aside=dict.fromkeys(replicas, f"{pg_data}{ASIDE_SUFFIX}{stamp}"),
-                old_timeline=max(timelines, default=0))
+                old_timeline=max(timelines, default=0), target_utc=target_utc)
+    if after is not None:  # the aborted one's history is the old one; its replicas' old data keeps its name
+        plan.old_timeline = after.old_timeline or plan.old_timeline
+        plan.aside = {node: after.aside.get(node, path) for node, path in plan.aside.items()}
+        if after.current == "restore":  # Patroni still stopped everywhere, the DCS still without the cluster
+            plan.done = {name: took for name, took in (after.done or {}).items()
+                         if name in ("stop-patroni", "forget-dcs")}
+            plan.started = time.time()
+    return plan
 
 
 def describe_members(members: list[dict[str, Any]]) -> str:
@@ -141,6 +211,7 @@ class Recovery:
         self.q = cluster.q
         stack = cluster.stack
         self.pg_ctl = cluster.as_postgres(f"{stack.pg_bin}/pg_ctl -D {self.q(plan.pg_data)}")
+        self.log = RECOVER_LOG
 
     def save(self) -> None:
         self.cluster.write_json(self.plan.leader, self.cluster.recover_state, self.plan.to_json())
@@ -150,11 +221,14 @@ class Recovery:
         if plan.done is None:
             plan.done, plan.started = {}, time.time()
             self.save()
+        plan.aborted = False
         for number, (name, title) in enumerate(STEPS, 1):
             if name in plan.done:
                 self.say(f"[{number}/{len(STEPS)}] {title}: done before ({plan.done[name]:.1f} s)")
                 continue
             self.say(f"[{number}/{len(STEPS)}] {title} ...")
+            plan.current = name
+            self.save()
             began = time.monotonic()
             getattr(self, "step_" + name.replace("-", "_"))()
             plan.done[name] = round(time.monotonic() - began, 1)
@@ -162,6 +236,86 @@ class Recovery:
             self.say(f"[{number}/{len(STEPS)}] done in {plan.done[name]:.1f} s "
                      f"(elapsed {time.time() - plan.started:.1f} s)")
         return self.finish()
+
+    # -- the long work, as a transient unit the node owns
+    def unit_paths(self, step: str) -> tuple[str, str, str]:
+        """The unit's name, its script and the file its exit status goes to (root's, beside the state)."""
+        directory = self.cluster.recover_state.rsplit("/", 1)[0]
+        return UNIT.format(step=step), f"{directory}/recover-{step}.sh", f"{directory}/recover-{step}.status"
+
+    def unit_script(self, step: str, script: str) -> str:
+        """What the unit runs: `script` (strict mode, the root-safe helper), its exit status recorded at the end."""
+        _, _, status = self.unit_paths(step)
+        return script_text(f"""record_status() {{
+  local code=$?
+  printf '%s\\n' "$code" | rs_write {self.q(status)} 0600 root root || true
+  exit "$code"
+}}
+trap record_status EXIT
+{script}""")
+
+    def start_unit(self, node: str, step: str, script: str) -> str:
+        """On `node`: the step's unit started with `script`, or, when a unit of an earlier run of this step is
+        still active there, that one left running. Returns 'started' or 'running'."""
+        q = self.q
+        unit, path, status = self.unit_paths(step)
+        directory = path.rsplit("/", 1)[0]
+        out = self.cluster.node(node).check(f"""
+if systemctl is-active --quiet {q(unit)}.service; then echo running; exit 0; fi
+rs_mkdir {q(directory)} root root 0700
+rs_rm_tree {q(status)}
+rs_write {q(path)} 0700 root root
+systemctl reset-failed {q(unit)}.service >/dev/null 2>&1 || true
+systemd-run --quiet --unit={q(unit)} --collect --property=Type=exec --property=TimeoutStopSec=300 \
+  --property=KillMode=control-group -- /bin/bash {q(path)}
+echo started
+""", stdin=self.unit_script(step, script), what=f"starting {unit}")
+        return out.strip().splitlines()[-1] if out.strip() else "started"
+
+    def stop_unit(self, node: str, step: str) -> None:
+        unit = UNIT.format(step=step)
+        try:
+            # A unit not (yet, or any more) loaded is not an error: nothing of it runs.
+            self.cluster.node(node).check(f"systemctl stop {self.q(unit)}.service 2>/dev/null || true\n"
+                                          f"! systemctl is-active --quiet {self.q(unit)}.service", timeout=400,
+                                          what=f"systemctl stop {unit}")
+            self.say(f"pgbackup: stopped {unit}.service on {node} (the step runs again, from its start, when "
+                     "`pgbackup recover` is run again)")
+        except RemoteError as error:
+            self.say(f"pgbackup: could not stop {unit}.service on {node}: {error}; stop it there: "
+                     f"systemctl stop {unit}.service")
+
+    def in_unit(self, node: str, step: str, script: str, timeout: float) -> None:
+        """`script` as the step's transient unit on `node`, watched until it ends; its failure quoted. Ctrl-C
+        stops the unit (and says so); a unit an earlier run left active is waited for (and said)."""
+        q = self.q
+        unit, _, status = self.unit_paths(step)
+        deadline = time.monotonic() + timeout
+        try:
+            if self.start_unit(node, step, script) == "running":
+                self.say(f"      {node}: {unit}.service from an earlier run is still active: waiting for it to end "
+                         f"(Ctrl-C stops it; or on {node}: systemctl stop {unit}.service)")
+            while True:
+                state = self.cluster.node(node).check(f"""
+for _ in $(seq {POLL}); do systemctl is-active --quiet {q(unit)}.service || break; sleep 1; done
+systemctl is-active {q(unit)}.service || true
+""", timeout=POLL + 60, what=f"watching {unit}").strip()
+                if state not in ("active", "activating", "deactivating", "reloading"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"{node}: {unit}.service still runs after {timeout:.0f} s: see "
+                                      f"journalctl -u {unit}")
+        except KeyboardInterrupt:
+            self.stop_unit(node, step)
+            raise
+        code = self.cluster.read_text(node, status, user=None)
+        if isinstance(code, str) and code.strip() == "0":
+            return
+        tail = self.cluster.node(node).run(
+            f"journalctl --sync 2>/dev/null || true\n"  # the unit's last lines are in the journal before it is read
+            f"journalctl -u {q(unit)}.service -n 12 -o cat --no-pager 2>/dev/null | tail -n 12 || true").out.strip()
+        ended = f"exit {code.strip()}" if isinstance(code, str) else "it ended without a result (stopped?)"
+        raise RemoteError(f"{node}: {unit}.service failed ({ended}):\n{tail}")
 
     # -- the steps
     def step_stop_patroni(self) -> None:
@@ -175,27 +329,54 @@ class Recovery:
             f"printf '%s\\n' {scope} 'Yes I am aware' | " + self.cluster.patronictl(f"remove {scope}"),
             what="patronictl remove")
 
-    def step_restore(self) -> None:
+    def restore_script(self) -> str:
+        """Restore, replay, promote, stop: safe to run again after it half-ran, promotion included (a time
+        target follows the old timeline, --target-timeline, not the fork a first run's promotion made). The
+        wait for the promotion watches the server: it ends at once, quoting the line, when the server died or
+        logged a FATAL or PANIC line of its own."""
         q, plan = self.q, self.plan
-        target = "" if plan.target == LATEST else f"--type=time --target={q(plan.target)} --target-action=promote "
-        log = "/var/log/postgresql/pgbackup-recover.log"
-        script = f"""
+        target = ""
+        if plan.target != LATEST:
+            timeline = f"--target-timeline={plan.old_timeline} " if plan.old_timeline else ""
+            target = (f"--type=time --target={q(plan.target_utc or plan.target)} {timeline}"
+                      "--target-action=promote ")
+        log = self.q(self.log)
+        as_postgres = self.cluster.as_postgres
+        return f"""
 if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
 if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
 rs_mkdir {q(plan.pg_data)} postgres postgres 0700  # a link or another owner's directory there is refused
 {self.cluster.pgbackrest(f"--repo=1 --delta {target}--log-level-console=warn restore")}
-{self.pg_ctl} -o {q("-c listen_addresses=''")} -l {log} -w -t {WAIT} start
+offset=$({as_postgres(f"stat -c %s {log}")} 2>/dev/null || echo 0)
+fatal() {{  # the server's own first FATAL or PANIC line since this start (read as postgres, at most 64 MiB)
+  {{ {as_postgres(f"tail -c +$((offset + 1)) {log}")} 2>/dev/null | head -c 67108864 \
+    | grep -E '(FATAL|PANIC):' | grep -Ev {q(CLIENT_FATAL)} | head -n 1; }} || true
+}}
+{self.pg_ctl} -o {q("-c listen_addresses=''")} -l {log} -W start
 deadline=$((SECONDS + {WAIT}))
-until [[ "$({self.cluster.psql("SELECT pg_is_in_recovery()")})" == f ]]; do
+until [[ "$({self.cluster.psql("SELECT pg_is_in_recovery()")} 2>/dev/null)" == f ]]; do
+  line=$(fatal)
+  if [[ -n "$line" ]] || ! {self.pg_ctl} status >/dev/null 2>&1; then
+    sleep 1; line=$(fatal)
+    echo "PostgreSQL on this node ended the recovery: ${{line:-the server is not running (see {log})}}" >&2
+    echo "What to do: read {log}; a target past the newest archived WAL is never reached (choose an earlier" \
+      "one); then run pgbackup recover again, or pgbackup recover --abort" >&2
+    {self.pg_ctl} -m immediate -w -t 60 stop >/dev/null 2>&1 || true
+    exit 1
+  fi
   if [[ $SECONDS -ge $deadline ]]; then echo "not promoted after {WAIT} s: see {log}" >&2; exit 1; fi
   sleep 1
 done
 {self.pg_ctl} -m fast -w -t 600 stop
 """
-        self.cluster.node(plan.leader).check(script, timeout=3 * WAIT, what="the restore")
 
-    def wait_members(self, ready: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = WAIT
-                     ) -> list[dict[str, Any]]:
+    def step_restore(self) -> None:
+        self.in_unit(self.plan.leader, "restore", self.restore_script(), timeout=3 * WAIT)
+
+    def wait_members(self, ready: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = WAIT,
+                     watch: list[str] | None = None) -> list[dict[str, Any]]:
+        """Until `ready(members)`; watching Patroni on the `watch` nodes: ends at once when it is not running
+        there, quoting its last error."""
         deadline = time.monotonic() + timeout
         members: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
@@ -205,19 +386,32 @@ done
                 members = []
             if ready(members):
                 return members
+            for node in watch or []:
+                self.patroni_alive(node, what)
             time.sleep(2)
         raise RemoteError(f"{what}: not after {timeout:.0f} s (members: {describe_members(members)})")
+
+    def patroni_alive(self, node: str, what: str) -> None:
+        result = self.cluster.node(node).run(
+            "systemctl is-active --quiet patroni && exit 0\n"
+            "journalctl -u patroni -n 200 -o cat --no-pager 2>/dev/null | grep -E 'FATAL|PANIC|CRITICAL|ERROR' "
+            "| tail -n 1 || true\nexit 1", timeout=60)
+        if result.status != 0:
+            line = result.out.strip() or "no error line in its journal"
+            raise RemoteError(f"{what}: Patroni is not running on {node}: {line}. What to do: see journalctl -u "
+                              f"patroni on {node}, start it (systemctl start patroni), then run pgbackup recover "
+                              "again")
 
     def step_leader(self) -> None:
         leader = self.plan.leader
         self.cluster.node(leader).check("systemctl start patroni", what="systemctl start patroni")
-        self.wait_members(lambda ms: Cluster.leader_of(ms) == leader, f"{leader} leading the cluster", 900)
+        self.wait_members(lambda ms: Cluster.leader_of(ms) == leader, f"{leader} leading the cluster", 900,
+                          watch=[leader])
 
     def step_backup(self) -> None:
         # The standbys are down: --no-backup-standby (pgBackRest warns that their hosts are unreachable).
-        self.cluster.node(self.plan.leader).check(
-            self.cluster.pgbackrest("--repo=1 --type=full --no-backup-standby --log-level-console=error backup",
-                                    locked=True), timeout=6 * WAIT, what="the full backup")
+        self.in_unit(self.plan.leader, "backup", self.cluster.pgbackrest(
+            "--repo=1 --type=full --no-backup-standby --log-level-console=error backup", locked=True), 6 * WAIT)
 
     def step_replicas(self) -> None:
         q, plan = self.q, self.plan
@@ -241,7 +435,7 @@ systemctl start patroni
                 and len(timelines) == 1)
 
     def step_streaming(self) -> None:
-        self.wait_members(self.streaming, "every member streaming on the new timeline")
+        self.wait_members(self.streaming, "every member streaming on the new timeline", watch=list(self.cluster.nodes))
         self.cluster.node(self.plan.leader).check(
             "timeout -k 5 600 " + self.cluster.pgbackrest("--log-level-console=warn check"), timeout=700,
             what="pgbackrest check")
@@ -306,3 +500,67 @@ def cleanup(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> 
     if plan is not None:
         cluster.node(plan.leader).check(f"rs_rm_tree {cluster.q(cluster.recover_state)}",
                                         what="removing the recovery's state")
+
+
+def restore_begun(plan: Plan) -> bool:
+    """Whether the restore may have touched the leader's data (begun, or done)."""
+    names = [name for name, _ in STEPS]
+    done = plan.done or {}
+    return "restore" in done or (plan.current in names and names.index(plan.current) >= names.index("restore"))
+
+
+def abort(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> int:
+    """`recover --abort`: an unfinished recovery put back to a running cluster on its old data where that still
+    exists. Any unit of the recovery still running on the leader is stopped first. Before the restore began:
+    the replicas' data moved aside (if any) is moved back, Patroni started on the leader, then on the replicas
+    (Patroni writes the cluster into the DCS again from the leader's data), and the state removed: 0. After:
+    the leader's data is the restore's, which nothing here undoes: says so and what to run instead, keeps the
+    state (marked aborted, so that another target may be chosen): 1."""
+    if plan is None:
+        raise RecoveryRefused("no recovery is recorded on any node: nothing to abort")
+    if plan.finished:
+        raise RecoveryRefused(f"the recovery to {plan.target} has finished: there is nothing to abort (the old data "
+                              "stays aside until `pgbackup recover --cleanup`)")
+    steps = Recovery(cluster, plan, say)
+    for step in ("restore", "backup"):
+        unit = UNIT.format(step=step)
+        if cluster.node(plan.leader).run(f"systemctl is-active --quiet {cluster.q(unit)}.service").status == 0:
+            steps.stop_unit(plan.leader, step)
+    q = cluster.q
+    if restore_begun(plan):
+        plan.aborted = True
+        steps.save()
+        leads = "leads on the restored data" if "leader" in (plan.done or {}) else "is stopped"
+        say(f"cannot be undone: the restore (step 3) has begun on {plan.leader}: its {plan.pg_data} is overwritten "
+            f"by the restore from backup {plan.backup} (pgbackrest --delta) and the data it held before is gone; "
+            f"{plan.leader} {leads}. The replicas' old data ({', '.join(f'{n}:{p}' for n, p in plan.aside.items())}"
+            ", where still there) is on the old timeline and is kept, not started: it cannot follow the restored "
+            "leader.")
+        say(f"What to run instead: `pgbackup recover -s {plan.stack} --to {q(plan.target)}` to finish this "
+            f"recovery, or `pgbackup recover -s {plan.stack} --to OTHER --leader {plan.leader}` to recover to another "
+            "target (allowed after this abort).")
+        return 1
+    for node in plan.replicas:
+        data, aside = q(plan.pg_data), q(plan.aside.get(node, ""))
+        moved = cluster.node(node).check(f"""
+if [[ -d {aside} && ! -L {aside} ]]; then
+  systemctl stop patroni
+  rs_rm_tree {data}
+  rs_rename {aside} {data}
+  echo moved
+fi
+""", what="moving the data directory back")
+        if moved.strip():
+            say(f"      {node}: {plan.aside[node]} -> {plan.pg_data}")
+    for node in [plan.leader, *plan.replicas]:  # the leader first, leading before a replica could race it
+        cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
+        say(f"      {node}: Patroni started")
+        if node == plan.leader:
+            steps.wait_members(lambda ms: Cluster.leader_of(ms) == plan.leader, f"{plan.leader} leading again", 900,
+                               watch=[plan.leader])
+    steps.wait_members(lambda ms: Cluster.leader_of(ms) is not None and all(
+        m.get("State") in ("running", "streaming") for m in ms) and len(ms) == len(cluster.nodes),
+        "the cluster running again on its old data", 900, watch=[plan.leader])
+    cluster.node(plan.leader).check(f"rs_rm_tree {q(cluster.recover_state)}", what="removing the recovery's state")
+    say(f"aborted the recovery to {plan.target}: the cluster runs on its old data; no recovery is recorded")
+    return 0

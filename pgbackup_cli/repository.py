@@ -3,6 +3,7 @@ recovery target lies within it. Pure functions: the unit tests feed them known d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from components.report import repo_of
 
 LATEST = "latest"
+# The first filter of a target's text (the leader's PostgreSQL is the judge): a calendar date, a time, a zone.
+TARGET_FORM = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?\s*(Z|[+-]\d{2}(:?\d{2})?)")
 
 
 class TargetRefused(ValueError):
@@ -92,10 +95,12 @@ def choose_backup(held: Holdings, target: datetime | None) -> dict[str, Any]:
     if target is None:
         return held.backups[-1]
     epoch = target.timestamp()
+    reach = (f"the reachable range is {shown(held.backups[0]['timestamp']['stop'])} to "
+             f"{shown(held.newest_wal_time)}; {held.describe()}")
     if epoch < held.backups[0]["timestamp"]["stop"]:
-        raise TargetRefused(f"{target.isoformat()} is older than the oldest backup's end: {held.describe()}")
+        raise TargetRefused(f"{target.isoformat()} is older than the oldest backup's end: {reach}")
     if held.newest_wal_time is None or epoch > held.newest_wal_time:
-        raise TargetRefused(f"{target.isoformat()} is newer than the newest archived WAL: {held.describe()}")
+        raise TargetRefused(f"{target.isoformat()} is newer than the newest archived WAL: {reach}")
     return [b for b in held.backups if b["timestamp"]["stop"] <= epoch][-1]
 
 

@@ -56,6 +56,12 @@ STUBS = {
 esac
 exit 0""",
     "systemd-tmpfiles": "exit 0",
+    # A transient unit runs its command at once, to its end (as systemd would, minus the waiting); its output
+    # goes to the "journal" the journalctl stand-in prints.
+    "systemd-run": """while [[ $# -gt 0 && "$1" != -- ]]; do shift; done
+shift
+"$@" </dev/null >>"${PGBACKUP_TEST_CALLS}.journal" 2>&1 || true
+exit 0""",
     "pg_ctl": """for arg in "$@"; do [[ "$arg" == status ]] && exit 3; done
 exit 0""",
     "psql": """case "$*" in
@@ -78,7 +84,8 @@ esac
 exit 0""",
     "dpkg-query": """echo "install ok installed 2.45-1" """,
     "apt-get": "exit 1",
-    "journalctl": "exit 0",
+    "journalctl": """cat -- "${PGBACKUP_TEST_CALLS}.journal" 2>/dev/null
+exit 0""",
 }
 # The commands that act on a path: while the adversary races, it plants once more right before each that names
 # a path in a directory it owns (as if it won every race between a check and an action), then the real

@@ -4,7 +4,9 @@ them, and the operator command's node scripts (recover's restore, replicas and c
 Patroni queries). Before and during each run, postgres and prometheus replace every name they can (in the
 directories they own) on the way to every path of the layout, pgData and Patroni's configuration by links to
 a root-only sentinel directory and file, FIFOs and huge sparse files. Whatever the script's exit status:
-the sentinels and what lies outside the sandbox are unchanged, and nothing hangs.
+the sentinels and what lies outside the sandbox are unchanged, and nothing hangs. The long steps (restore,
+backup) go through their transient unit: the launcher writes the unit's script root-only and the stand-in
+systemd-run runs it at once, so the unit's own script meets the adversary too.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import subprocess
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from components.layout import PATHS
 from pgbackup_cli import recover
 from pgbackup_cli.cluster import Cluster
-from pgbackup_cli.remote import RemoteError
+from pgbackup_cli.remote import RemoteError, Result
 from pgbackup_testkit.shell_adversary import Adversary, Sandbox, content_attack, make_sandbox
 
 STEPS = ("install", "files", "patroni-local", "stanza", "archiving", "verify", "schedule", "unschedule")
-OPERATOR = ("restore", "replicas", "cleanup", "state", "forget-state", "members", "scope")
+OPERATOR = ("restore", "backup", "replicas", "cleanup", "state", "forget-state", "abort", "members", "scope")
 ASIDE = "20261122T130000Z"
 
 
@@ -44,7 +47,12 @@ def targets(box: Sandbox) -> list[str]:
     paths = [getattr(box.paths, name) for name in box.paths.__dataclass_fields__]
     config = box.patroni_config
     return [*paths, box.pg_data, f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}", f"{box.pg_data}/PG_VERSION",
-            config, f"{config}.pgbackup-prev"]
+            config, f"{config}.pgbackup-prev", recover_log(box),
+            *(f"{box.paths.state_dir}/recover-{step}.{kind}" for step in ("restore", "backup") for kind in ("sh", "status"))]
+
+
+def recover_log(box: Sandbox) -> str:
+    return str(box.root / "var/log/postgresql/pgbackup-recover.log")
 
 
 class BoxNode:
@@ -55,13 +63,17 @@ class BoxNode:
         self.name, self.box, self.before = name, box, before
         self.results: list[subprocess.CompletedProcess[str]] = []
 
-    def check(self, script: str, stdin: str = "", timeout: float = 600, what: str = "") -> str:
+    def run(self, script: str, stdin: str = "", timeout: float = 600, on_output: Any = None) -> Result:
         self.before()
         result = self.box.run(script, stdin=stdin, operator=True)
         self.results.append(result)
-        if result.returncode != 0:
-            raise RemoteError(f"{self.name}: {what} failed (exit {result.returncode}): {result.stderr}")
-        return result.stdout
+        return Result(result.returncode, result.stdout, result.stderr)
+
+    def check(self, script: str, stdin: str = "", timeout: float = 600, what: str = "") -> str:
+        result = self.run(script, stdin=stdin, timeout=timeout)
+        if result.status != 0:
+            raise RemoteError(f"{self.name}: {what} failed (exit {result.status}): {result.err}")
+        return result.out
 
 
 def box_cluster(box: Sandbox, before: Callable[[], None]) -> Cluster:
@@ -73,26 +85,37 @@ def box_cluster(box: Sandbox, before: Callable[[], None]) -> Cluster:
     return cluster
 
 
-def plan(box: Sandbox) -> recover.Plan:
-    return recover.Plan(stack="adv", target="latest", leader="pg1", replicas=["pg2"], scope="lab", backup="F",
-                        holds="", pg_data=box.pg_data, aside={"pg2": f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}"},
-                        old_timeline=1, finished=True)
+def plan(box: Sandbox, **changes: Any) -> recover.Plan:
+    return recover.Plan(**{
+        "stack": "adv", "target": "latest", "leader": "pg1", "replicas": ["pg2"], "scope": "lab", "backup": "F",
+        "holds": "", "pg_data": box.pg_data, "aside": {"pg2": f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}"},
+        "old_timeline": 1, "finished": True, **changes})
+
+
+def recovery(cluster: Cluster, box: Sandbox, **changes: Any) -> recover.Recovery:
+    steps = recover.Recovery(cluster, plan(box, **changes), print)
+    steps.log = recover_log(box)
+    return steps
 
 
 def run_operator(name: str, box: Sandbox, before: Callable[[], None]) -> None:
     """One operator node script, through the code that builds it."""
     cluster = box_cluster(box, before)
-    steps = recover.Recovery(cluster, plan(box), print)
+    steps = recovery(cluster, box)
     work: dict[str, Callable[[], Any]] = {
         "restore": steps.step_restore,
+        "backup": steps.step_backup,
         "replicas": steps.step_replicas,
         "cleanup": lambda: cluster.node("pg1").check(recover.aside_script(cluster.q, box.pg_data)),
         "state": lambda: cluster.write_json("pg1", cluster.recover_state, {"plan": 1}),
         "forget-state": lambda: recover.cleanup(cluster, plan(box), print),
+        "abort": lambda: recover.abort(cluster, plan(box, finished=False, done={"stop-patroni": 1.0},
+                                                     current="forget-dcs"), print),
         "members": cluster.members,
         "scope": lambda: cluster.scope("pg1"),
     }
-    work[name]()
+    with mock.patch("pgbackup_cli.cluster.PATHS", box.paths):  # the backups' lock, in the sandbox
+        work[name]()
 
 
 def run_step(name: str, box: Sandbox, before: Callable[[], None]) -> subprocess.CompletedProcess[str]:
@@ -113,7 +136,7 @@ def test_root_scripts_survive_the_adversary(name: str, box: Sandbox) -> None:
     before = box.snapshot()
     run: Callable[[Callable[[], None]], object] = (
         (lambda hook: run_step(name, box, hook)) if name in STEPS else (lambda hook: run_operator(name, box, hook)))
-    if name in ("cleanup", "forget-state"):
+    if name in ("cleanup", "forget-state", "abort"):
         aside = f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}"
         subprocess.run(["runuser", "-u", "postgres", "--", "mkdir", "-p", f"{aside}/base"], check=True)
     quiet = run(lambda: None)
@@ -148,7 +171,7 @@ def test_recover_refuses_a_link_at_pg_data_naming_it(box: Sandbox) -> None:
     adversary = Adversary(box)
     cluster = box_cluster(box, lambda: adversary.plant([("postgres", box.pg_data)], "link-dir"))
     with pytest.raises(RemoteError, match=f"{box.pg_data} is a symbolic link, not a directory: refused"):
-        recover.Recovery(cluster, plan(box), print).step_restore()
+        recovery(cluster, box).step_restore()
     box.assert_unchanged(before)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from components.report import repo_of
-from lab.control import LAB_DIR, PG_DATA, ROOT, Lab
+from lab.control import LAB_DIR, PG_BIN, PG_DATA, ROOT, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -226,5 +226,70 @@ def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: La
         assert lab.ssh(node, "stat -c '%U:%G %a' /etc").stdout == before[node]
     for node in replicas:
         assert lab.ssh(node, f"stat -c '%U:%G' {PG_DATA}.before-pitr-*").stdout.strip() == "postgres:postgres"
+    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
+    no_recovery_state(lab)
+
+
+def test_recover_on_a_bad_day_refused_interrupted_in_steps_3_and_6_aborted_and_finished(lab: Lab) -> None:
+    """Issue 22 in one recovery: a target PostgreSQL refuses and one after the archive's end are refused (exit
+    3, Patroni untouched); Ctrl-C 1.5 s into the restore stops its unit (nothing runs on the leader); run
+    again, Ctrl-C as the replicas are moved aside; `--abort` there says what cannot be undone and keeps the
+    recovery; run again, it finishes: the right rows on every node, every member streaming."""
+    before = lab.wait_healthy()
+    leader = lab.leader()
+    target = lab.rows_around_a_target(leader, "bad_day_pitr")
+    after_the_archive = (datetime.now(UTC) + timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S+00")
+    for bad, why in (("2026-W47-5T14:15:00+00:00", "PostgreSQL does not read it as a time"),
+                     (after_the_archive, "newer than the newest archived WAL: the reachable range is")):
+        refused = lab.pgbackup("recover", "--to", bad, "--yes", check=False)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert why in refused.stderr, refused.stderr
+    after = lab.wait_healthy(timeout=10)
+    assert [(m["Member"], m["Role"], m["TL"]) for m in after] == [(m["Member"], m["Role"], m["TL"]) for m in before]
+    for node in lab.nodes:
+        assert lab.ssh(node, "systemctl is-active patroni").stdout.strip() == "active", node
+        assert lab.ssh(node, f"test -e {STATE}", check=False).returncode != 0, node
+
+    def interrupted(at: str, delay: float) -> str:
+        """A run interrupted (SIGINT, the operator's Ctrl-C) `delay` s after a line starting with `at`."""
+        process = subprocess.Popen(lab.pgbackup_argv("recover", "--to", target, "--yes"), cwd=str(ROOT),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith(at):
+                time.sleep(delay)
+                process.send_signal(signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=600)
+        text = "".join(seen) + out + err
+        assert process.returncode == 130, text
+        return text
+
+    started = time.monotonic()
+    first = interrupted("[3/7] restore the leader", 1.5)
+    assert f"stopped pgbackup-recover-restore.service on {leader}" in first, first
+    assert lab.ssh(leader, "systemctl is-active pgbackup-recover-restore.service", check=False).stdout.strip() != (
+        "active")
+    assert lab.ssh(leader, f"runuser -u postgres -- env --chdir=/ {PG_BIN}/pg_ctl -D {PG_DATA} status", check=False
+                   ).returncode != 0, "the restore's server still runs after Ctrl-C"
+    second = interrupted("[6/7] move each replica's data directory aside", 0.5)
+    assert "[3/7] restore the leader, replay, promote it by hand, stop it ..." in second, second  # run again
+    aborted = lab.pgbackup("recover", "--abort", check=False)
+    assert aborted.returncode == 1, aborted.stdout + aborted.stderr
+    assert f"cannot be undone: the restore (step 3) has begun on {leader}" in aborted.stdout, aborted.stdout
+    state = json.loads(lab.ssh(leader, f"cat {STATE}").stdout)
+    assert (state["aborted"], state["finished"]) == (True, False), state
+    done = lab.pgbackup("recover", "--to", target, "--yes")
+    assert "[5/7] a full backup of the new timeline into repo1: done before" in done.stdout, done.stdout
+    print(f"\nrecover interrupted twice, aborted and finished: {time.monotonic() - started:.1f} s")
+    members = lab.wait_healthy()
+    assert lab.leader() == leader
+    assert len({m["TL"] for m in members}) == 1
+    assert lab.streaming_replicas(leader) == set(lab.nodes) - {leader}
+    for node in lab.nodes:
+        assert lab.sql(node, "SELECT batch || '=' || count(*) FROM bad_day_pitr GROUP BY batch").split() == [
+            "before=100"], node
     lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     no_recovery_state(lab)
