@@ -330,3 +330,44 @@ def test_status_exits_1_with_a_stranded_member(monkeypatch: pytest.MonkeyPatch,
         line = "pgnode3: stranded (on timeline 2, the leader pgnode1 on 3)"
         assert (code, line in out) == ((0, False) if ok else (1, True)), out
     shutil.rmtree(base)
+
+
+# -- pgbackup backup's transient unit --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_pgbackup_backup_without_a_unit_runs_the_program_where_the_node_has_it(installed: bool) -> None:
+    """A type no unit runs (diff): the transient unit runs pgbackup-backup after the lock, like the units; a
+    node of an older pgbackup (no program) still gets pgBackRest itself."""
+    from pgbackup_cli import operations
+    from pgbackup_cli.remote import Result
+    from tests import test_operator_reads as reads
+
+    scripts: list[str] = []
+
+    class Node:
+        name = "pgnode1"
+
+        def run(self, script: str, stdin: str = "", timeout: float = 600, on_output: Any = None) -> Result:
+            scripts.append(script)
+            if script.startswith("test -x "):
+                return Result(0 if installed else 1, "", "")
+            return Result(0, "", "")
+
+    fake = reads.FakeCluster([])
+    infos: list[dict[str, Any]] = [{"backup": []},
+                                   {"backup": [{"label": "20261206-020000F_20261206-030000D", "type": "diff"}]}]
+    answers = iter(infos)
+    fake.nodes = {"pgnode1": Node()}  # type: ignore[dict-item]
+    fake.members = lambda prefer=None: [{"Member": "pgnode1", "Role": "Leader", "State": "running"}]  # type: ignore[method-assign]
+    fake.info = lambda node, timeout=120: next(answers)  # type: ignore[method-assign]
+    fake.node = lambda name: fake.nodes[name]  # type: ignore[method-assign]
+    said: list[str] = []
+    assert operations.backup(fake, "diff", 1, said.append) == 0
+    started = next(s for s in scripts if "systemd-run" in s)
+    if installed:
+        assert f"/var/lib/pgbackrest/pgbackup-backup.lock {PATHS.backup_script} --repo=1 --type=diff" in started
+        assert "pgbackrest --stanza" not in started
+    else:
+        assert "pgbackrest --stanza=" in started
+        assert PATHS.backup_script not in started
