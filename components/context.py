@@ -191,6 +191,13 @@ class UnitContext(NodeContext):
 
 
 @dataclass(frozen=True)
+class BackupProgramContext(NodeContext):
+    """templates/monitoring/pgbackup-backup.py.j2: the standbys pgbackrest.conf declares, by member name."""
+
+    peers_hosts: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class RepositorySecretValues:
     """The repository key and the passphrase, as plain strings: only ever inside a secret Output."""
 

@@ -25,6 +25,10 @@ class Paths:
     metrics_file: str = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
     check_script: str = "/usr/local/lib/pgbackup/pgbackup-check"  # in metrics_dir
     verify_script: str = "/usr/local/lib/pgbackup/pgbackup-verify"  # in metrics_dir
+    # What the backup services run (as postgres): pgBackRest, from a standby that follows the leader.
+    backup_script: str = "/usr/local/lib/pgbackup/pgbackup-backup"  # in metrics_dir
+    # The collector's memory of since when each member is stranded (root's own, in state_dir).
+    stranded_state: str = "/var/lib/pgbackup/stranded.json"
     # Written by the verification service as postgres (untrusted: read defensively), and its metrics (root).
     verify_state: str = "/var/lib/pgbackrest/pgbackup-verify.json"
     verify_metrics: str = "/var/lib/prometheus/node-exporter/pgbackup-verify.prom"
@@ -115,6 +119,9 @@ class Names:
     """The verification's and the drill's state files are read up to this size (they hold a few kilobytes)."""
     backup_lock_wait: int = 6 * 3600
     """Seconds a backup waits for another one (the backup lock, PATHS.backup_lock) before it fails."""
+    standby_max_lag_bytes: int = 64 * 1024**2
+    """A standby further behind the leader than this (Patroni's lag) is not used for a backup: pgBackRest
+    waits archive-timeout for it to replay up to the backup's start."""
     endpoint_connect_timeout: int = 10
     """Seconds the files step gives each repository's endpoint to accept a TCP connection from the node."""
     archive_worker_pattern: str = "pgbackrest .*archive-(push|get):async"
@@ -148,5 +155,6 @@ class HealthCheck:
 HEALTH_CHECKS = (
     HealthCheck("backup-age", "pgbackrest-backup-age", "pgBackRest backup age", "1h"),
     HealthCheck("wal-archive", "pgbackrest-wal-archive", "pgBackRest WAL archive", "10m"),
+    HealthCheck("standby", "pgbackrest-standby", "pgBackRest standbys (stranded members)", "5m"),
 )
 

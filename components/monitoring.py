@@ -54,6 +54,8 @@ class Thresholds:
     """The newest drill of repo2 older than this: a run was missed (warning; 0: no monthly archives)."""
     rto_budget: int
     """The newest drill took longer than this from restore to ready (warning)."""
+    stranded_after: int
+    """A member stranded for longer than this (since the first collection that found it so): warning."""
 
 
 # How much longer than its schedule's longest gap a verification or drill may be: a day, for a run that is
@@ -62,6 +64,9 @@ MISSED_RUN_GRACE = 86400
 # A healthy pgBackRest archives a segment within seconds of it being complete. The margin beyond
 # archive_timeout also spans the collector's interval (it runs every 5 minutes).
 WAL_READY_MARGIN = 120
+# A replica is on the old timeline for a few seconds after every failover: a stranded member is reported once
+# two collections (5 minutes apart) have found it so, and 2 minutes more for a late collection.
+STRANDED_AFTER = 420
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -79,6 +84,7 @@ def thresholds(settings: Settings) -> Thresholds:
         monthly_drill_max_age=(longest_gap_days(settings.drill.monthly_schedule) * 86400 + MISSED_RUN_GRACE
                                if settings.retention.monthly else 0),
         rto_budget=settings.drill.rto_budget_seconds,
+        stranded_after=STRANDED_AFTER,
     )
 
 

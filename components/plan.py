@@ -15,6 +15,7 @@ from typing import Any
 from components.config import NodeConfig, Settings
 from components.context import (
     ArchivingContext,
+    BackupProgramContext,
     ConfigContext,
     DynamicConfigContext,
     FilesContext,
@@ -201,6 +202,9 @@ def unit_files(settings: Settings, ctx: NodeContext) -> list[PlannedFile]:
     files.append(PlannedFile(PATHS.metrics_script, "0755", "root", "root",
                              render("monitoring/pgbackup-metrics.py.j2", ctx)))
     files.append(PlannedFile(PATHS.check_script, "0755", "root", "root", check_script(settings, ctx)))
+    files.append(PlannedFile(PATHS.backup_script, "0755", "root", "root", render(
+        "monitoring/pgbackup-backup.py.j2",
+        extend(BackupProgramContext, ctx, peers_hosts={peer.name: peer.host for peer in ctx.peers}))))
     verify = verify_context(settings, ctx)
     for path, template in ((f"{PATHS.unit_dir}/{VERIFY_UNIT}", "systemd/pgbackup-verify.service.j2"),
                            (f"{PATHS.unit_dir}/{VERIFY_TIMER}", "systemd/pgbackup-verify.timer.j2")):

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from components.drill import WEEKLY
-from components.layout import BACKUPS
+from components.layout import BACKUPS, NAMES, PATHS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError
 from pgbackup_cli.status import DRILL_STATE
@@ -53,7 +53,11 @@ def backup(cluster: Cluster, pg_type: str, repo: int, say: Callable[[str], None]
     else:
         unit = f"pgbackup-backup-ondemand-{int(time.time())}.service"
         say(f"{leader} (leader): a {pg_type} backup into repo{repo} as the transient unit {unit}")
-        command = cluster.pgbackrest_command(f"--repo={repo} --type={q(pg_type)} backup", locked=True)
+        if node.run(f"test -x {q(PATHS.backup_script)}").status == 0:  # from a standby that follows the leader
+            command = (f"flock --wait {NAMES.backup_lock_wait} {q(PATHS.backup_lock)} {q(PATHS.backup_script)} "
+                       f"--repo={repo} --type={q(pg_type)}")
+        else:  # a node of a pgbackup older than pgbackup-backup
+            command = cluster.pgbackrest_command(f"--repo={repo} --type={q(pg_type)} backup", locked=True)
         start = ("systemd-run --quiet --wait --collect -p User=postgres -p Group=postgres -p Nice=10 "
                  f"--unit={q(unit)} -- {command}")
     began = time.monotonic()

@@ -62,6 +62,33 @@ def parse_report(name: str, out: str, now: float) -> dict[str, Any]:
     return report
 
 
+STANDBY_ROLES = ("Replica", "Sync Standby", "Quorum Standby")
+
+
+def stranded(members: list[dict[str, Any]]) -> list[str]:
+    """A problem line for each member `patronictl list` shows as a running replica that does not follow the
+    leader: on a lower timeline, or in archive recovery (not streaming). The backups skip it on their own
+    (pgbackup-backup); only a rebuild brings it back. Right after a failover a replica is there for seconds."""
+    leaders = [m for m in members if m.get("Role") == "Leader" and m.get("State") == "running"]
+    timeline = leaders[0].get("TL") if len(leaders) == 1 else None
+    if type(timeline) is not int:
+        return []
+    found = []
+    for m in members:
+        own, state = m.get("TL"), m.get("State")
+        if m.get("Role") not in STANDBY_ROLES or state not in ("running", "streaming", "in archive recovery"):
+            continue
+        if type(own) is not int or own < timeline:
+            why = f"on timeline {own}, the leader {leaders[0]['Member']} on {timeline}"
+        elif state == "in archive recovery":
+            why = "in archive recovery: not streaming from the leader (if it was just rebuilt, let it catch up)"
+        else:
+            continue
+        found.append(f"{m['Member']}: stranded ({why}); backups skip it; rebuild it: patronictl reinit "
+                     f"{m.get('Cluster') or '<scope>'} {m['Member']}")
+    return found
+
+
 def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) -> dict[str, Any]:
     """The status document (docs/operating.md, "The operator's command")."""
     now = now or time.time()
@@ -82,6 +109,7 @@ def collect(cluster: Cluster, info_timeout: int = 30, now: float | None = None) 
         members = {}
         problems.append(str(error))
     leader = Cluster.leader_of(list(members.values()))
+    problems += stranded(list(members.values()))
     nodes = []
     for name, rep in reports.items():
         member = members.get(name, {})

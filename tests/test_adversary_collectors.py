@@ -270,3 +270,74 @@ def test_tmpfiles_makes_the_drill_s_metrics_file_without_following_what_promethe
             assert time.monotonic() - started < 10
             assert sentinels(box) == start, f"run {number} of 10 changed the sentinels"
     box.assert_untouched(before)
+
+
+HOSTILE_CLUSTERS = {  # what GET /cluster may answer (the DCS is written as postgres by any member)
+    "stranded, with a name that breaks a label": json.dumps({"scope": 'm"\n', "members": [
+        {"name": "pg1", "role": "leader", "state": "running", "timeline": 4},
+        {"name": 'pg9"} 1\nroot_owned{a="', "role": "replica", "state": "running", "timeline": 3}]}),
+    "nested JSON": "[" * 100_000 + "]" * 100_000,
+    "more than 1 MiB": json.dumps({"members": [
+        {"name": "pg1", "role": "leader", "state": "running", "timeline": 4},
+        {"name": "pg2", "role": "replica", "state": "running", "timeline": 3}], "pad": "x" * (2 << 20)}),
+    "fields of other types": json.dumps({"members": [{"name": ["pg1"], "role": {}, "timeline": "4"}, 7, None]}),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_CLUSTERS)
+def test_the_collector_on_the_leader_judges_a_hostile_cluster_document_quickly(
+        node_sandbox: NodeSandbox, case: str) -> None:
+    """As leader (Patroni's REST API a local server answering /primary 200 and /cluster with `case`): the
+    collector ends in time, writes well-formed metrics (promtool) and keeps its memory in root's own file."""
+    import http.server
+    import threading
+
+    body = HOSTILE_CLUSTERS[case].encode()
+
+    class Patroni(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body if self.path == "/cluster" else b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Patroni)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        box = node_sandbox
+        state_dir = Path(box.paths.stranded_state).parent
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the files step makes it: root's, 0700
+        programs(box)  # the stand-ins
+        settings = valid_settings()
+        ctx = dataclasses.replace(template_context(settings, settings.cluster.nodes[0]), paths=box.paths,
+                                  primary_url=f"http://127.0.0.1:{server.server_port}/primary",
+                                  cluster=settings.cluster.model_copy(update={"pg_data": box.pg_data}))
+        metrics = box.root / "bin" / "metrics-leader"
+        metrics.write_text(render("monitoring/pgbackup-metrics.py.j2", ctx))
+        before = box.snapshot()
+        with box.adversary("prometheus", [str(Path(box.paths.metrics_file).parent)], names=[box.paths.metrics_file]):
+            race(box, [metrics], runs=3)
+        as_user("prometheus", "rm", "-rf", box.paths.metrics_file)  # what the adversary left there
+        result, _ = run(box, metrics)
+        assert result.returncode == 0, result.stderr
+        written = Path(box.paths.metrics_file).read_text()
+        assert 'pgbackrest_is_leader{stanza="main"} 1' in written
+        check = subprocess.run(["promtool", "check", "metrics"], input=written, capture_output=True, text=True,
+                               check=False)
+        assert check.returncode in (0, 3), check.stdout + check.stderr  # 3: lint only (the older _count names)
+        assert "parsing error" not in check.stderr, check.stderr
+        assert "\nroot_owned" not in written
+        state = Path(box.paths.stranded_state)
+        if case.startswith("stranded"):
+            assert 'pgbackup_stranded_member_since_timestamp_seconds{stanza="main",member="pg9\\"} 1\\nroot_owned' \
+                   in written
+            assert (state.stat().st_uid, oct(state.stat().st_mode)) == (0, "0o100600")
+        if case == "more than 1 MiB":  # not read past its bound: unreadable, nothing judged
+            assert 'pgbackup_patroni_cluster_readable{stanza="main"} 0' in written
+            assert "pgbackup_stranded" not in written
+        changed = {path for path, value in box.snapshot().items() if before.get(path) != value}
+        assert changed <= {str(state)}, changed
+    finally:
+        server.shutdown()

@@ -170,8 +170,9 @@ def test_consul_service_uses_documented_fields_only(consul_run: Run) -> None:
     assert {c["id"]: (c["args"], c["interval"]) for c in checks} == {
         "pgbackrest-backup-age": ([CHECK, "backup-age"], "1h"),
         "pgbackrest-wal-archive": ([CHECK, "wal-archive"], "10m"),
+        "pgbackrest-standby": ([CHECK, "standby"], "5m"),
     }
-    assert len({c["name"] for c in checks}) == 2
+    assert len({c["name"] for c in checks}) == 3
 
 
 def test_consul_field_judge_refuses_the_design_documents_script_check() -> None:

@@ -18,6 +18,7 @@ import yaml
 
 from components.config import ConfigError, Settings, parse_settings
 from components.context import (
+    BackupProgramContext,
     ConfigContext,
     RepositorySecretValues,
     UnitContext,
@@ -157,6 +158,10 @@ def renderings(settings: Settings) -> dict[str, Callable[[], str]]:
         "monitoring/pgbackup-check.py.j2": lambda: check_script(settings, ctx),
         # Included by the three above (one source); it reads no value.
         "monitoring/_rootsafe.py.j2": lambda: render_values("monitoring/_rootsafe.py.j2", {}),
+        "monitoring/pgbackup-backup.py.j2": lambda: render("monitoring/pgbackup-backup.py.j2", extend(
+            BackupProgramContext, ctx, peers_hosts={peer.name: peer.host for peer in ctx.peers})),
+        # Included by the backup program and the collector (one source); it reads no value.
+        "monitoring/_members.py.j2": lambda: render_values("monitoring/_members.py.j2", {}),
         "drill/pgbackup-drill.py.j2": drill_file("/pgbackup-drill"),
         "systemd/pgbackup-drill.service.j2": drill_file("/pgbackup-drill.service"),
         "systemd/pgbackup-drill.timer.j2": drill_file("/pgbackup-drill.timer"),
@@ -251,7 +256,7 @@ def test_percent_is_doubled_for_systemd_which_reads_it_back(tmp_path: Path) -> N
     settings = bypassing_validation(valid_settings(), "stanza", "db%zmain")
     unit = render("systemd/pgbackup-backup.service.j2", extend(
         UnitContext, template_context(settings, settings.cluster.nodes[0]), backup=FULL, calendar="", randomized_delay_sec=0))
-    assert "--stanza=db%%zmain" in unit
+    assert "backup of stanza db%%zmain into repo1" in unit  # (ExecStart: the stanza is pgbackup-backup's own)
     escaped = {f"{PATHS.unit_dir}/pgbackup-backup-full.service": {"mode": "0644", "content": unit}}
     (tmp_path / "escaped").mkdir()
     (tmp_path / "raw").mkdir()

@@ -48,6 +48,10 @@ def root_invocations_in_shell(script: str, wrappers: tuple[str, ...] = SHELL_WRA
     return found
 
 
+# The backup services' program: it execs pgBackRest (templates/monitoring/pgbackup-backup.py.j2).
+BACKUP_PROGRAM = "/usr/local/lib/pgbackup/pgbackup-backup"
+
+
 def root_invocations_in_unit(unit: str) -> list[str]:
     """Exec lines that run pgBackRest in a unit that is not User=postgres, or with a privileged prefix."""
     section, user, execs = "", "root", []
@@ -56,7 +60,8 @@ def root_invocations_in_unit(unit: str) -> list[str]:
             section = line.strip()
         elif section == "[Service]" and line.startswith("User="):
             user = line.removeprefix("User=").strip()
-        elif section == "[Service]" and line.startswith("Exec") and INVOCATION.search(line):
+        elif section == "[Service]" and line.startswith("Exec") and (INVOCATION.search(line)
+                                                                       or BACKUP_PROGRAM in line):
             execs.append(line)
     return [line for line in execs if user != "postgres" or re.match(r"Exec\w+=[-@:]*[+!]", line)]
 
@@ -107,7 +112,8 @@ def test_every_installed_unit_and_script_runs_pgbackrest_as_postgres(variant: Ru
     for node in [n["name"] for n in variant.outputs["nodes"]]:
         files = node_files(variant, node)
         units = {path: f["content"] for path, f in files.items() if path.endswith(".service")}
-        assert any(INVOCATION.search(text) for text in units.values())  # backups (and the TLS server) are units
+        # backups (and the TLS server) are units
+        assert any(INVOCATION.search(text) or BACKUP_PROGRAM in text for text in units.values())
         for path, text in units.items():
             assert root_invocations_in_unit(text) == [], path
         for path in ("/usr/local/lib/pgbackup/pgbackup-metrics", "/usr/local/lib/pgbackup/pgbackup-check"):
@@ -153,5 +159,8 @@ def test_the_judges_find_pgbackrest_run_as_root() -> None:
     assert root_invocations_in_unit(unit) == []
     assert root_invocations_in_unit(unit.replace("User=postgres\n", "")) != []
     assert root_invocations_in_unit(unit.replace("ExecStart=", "ExecStart=+")) != []
+    backup = f"[Service]\nExecStart=/usr/bin/flock /x {BACKUP_PROGRAM} --repo=1 --type=full\n"
+    assert root_invocations_in_unit(backup) != []
+    assert root_invocations_in_unit(backup.replace("[Service]\n", "[Service]\nUser=postgres\n")) == []
     assert root_invocations_in_python('subprocess.run(["pgbackrest", "info"])\n') != []
     assert root_invocations_in_python('as_postgres("pgbackrest", "info")\n') == []

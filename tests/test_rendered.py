@@ -226,7 +226,7 @@ def test_backup_services_run_only_on_the_leader_and_never_together() -> None:
                "http://pg2.example.net:8008/primary" in unit
         assert "ExecStartPre" not in unit
         assert re.search(rf"^ExecStart=/usr/bin/flock --wait \d+ /var/lib/pgbackrest/pgbackup-backup.lock "
-                         rf"/usr/bin/pgbackrest --stanza=main --repo=1 --type={kind} backup$", unit, re.M)
+                         rf"/usr/local/lib/pgbackup/pgbackup-backup --repo=1 --type={kind}$", unit, re.M)
         timer = files[f"/etc/systemd/system/pgbackup-backup-{kind}.timer"]["content"]
         assert "Persistent=true" in timer
         assert "RandomizedDelaySec=300" in timer
@@ -248,7 +248,7 @@ def test_monthly_archives_go_to_a_second_repository() -> None:
     assert "repo1-retention-archive" not in options
     unit = files["/etc/systemd/system/pgbackup-backup-monthly.service"]["content"]
     assert re.search(r"^ExecStart=/usr/bin/flock --wait \d+ /var/lib/pgbackrest/pgbackup-backup.lock "
-                     r"/usr/bin/pgbackrest --stanza=main --repo=2 --type=full backup$", unit, re.M)
+                     r"/usr/local/lib/pgbackup/pgbackup-backup --repo=2 --type=full$", unit, re.M)
     timer = files["/etc/systemd/system/pgbackup-backup-monthly.timer"]["content"]
     assert "OnCalendar=Sun *-*-01..07 04:00:00" in timer  # the first Sunday of the month
     assert "Unit=pgbackup-backup-monthly.service" in timer

@@ -36,6 +36,7 @@ FAKES = {
 printf 'patronictl %s\n' "$*" >>"$FAKE/calls"
 case " $* " in
   *" list "*)
+    echo $(($(cat "$FAKE/clock") + $(cat "$FAKE/list-cost"))) >"$FAKE/clock"
     n=$(($(cat "$FAKE/list-count" 2>/dev/null || echo 0) + 1))
     echo "$n" >"$FAKE/list-count"
     last=$(cat "$FAKE/list/last")
@@ -76,7 +77,15 @@ case " $* " in
 esac
 """,
     "sleep": """#!/bin/bash
+# Records its arguments and advances the fake clock instead of sleeping.
 printf 'sleep %s\\n' "$*" >>"$FAKE/calls"
+echo $(($(cat "$FAKE/clock") + ${1%s})) >"$FAKE/clock"
+""",
+    # The clock the steps read (`date +%s`): seconds in $FAKE/clock, advanced by sleep and by each patronictl
+    # call ($FAKE/list-cost seconds: a slow DCS).
+    "date": """#!/bin/bash
+[[ "$*" == "+%s" ]] || exec /usr/bin/date "$@"
+cat "$FAKE/clock"
 """,
 }
 NO_PROOFS = {"verify": None, "drill": None}  # no state file on this machine
@@ -150,11 +159,11 @@ def run(patroni_config: Path) -> Run:
 
 def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence[str | Exception],
              wait: int | None = 4, info: list[dict[str, Any]] = INFO,
-             backups: Sequence[tuple[int, str]] = ()) -> Result:
+             backups: Sequence[tuple[int, str]] = (), list_cost: int = 0) -> Result:
     """Runs the rendered `step` of `node` as pgbackup does (`bash -c <script> pgbackup-<step>`); patronictl's
     n-th `list` prints responses[n] (an Exception: fails with its text on stderr), the last one repeating;
     `pgbackrest info` prints `info`; the n-th `pgbackrest backup` exits and prints as backups[n] says (beyond
-    them: succeeds)."""
+    them: succeeds); each `patronictl list` takes `list_cost` seconds of the fake clock."""
     fake = tmp_path / "fake"
     (fake / "bin").mkdir(parents=True)
     (fake / "list").mkdir()
@@ -174,6 +183,8 @@ def run_step(run: Run, tmp_path: Path, node: str, step: str, responses: Sequence
     for path, listing in REPO_LS.items():
         (fake / f"repo-ls-{path}.json").write_text(json.dumps(listing))
     (fake / "calls").touch()
+    (fake / "clock").write_text("1000000\n")
+    (fake / "list-cost").write_text(f"{list_cost}\n")
     env = {"PATH": os.pathsep.join([str(fake / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]),
            "FAKE": str(fake), "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
     if wait is not None:
@@ -392,6 +403,16 @@ def test_the_default_wait_is_two_minutes_then_fails(run: Run, tmp_path: Path) ->
     assert "still so after waiting 120 s" in result.stderr
     assert result.called("sleep") == ["sleep 2"] * 60
     assert len(result.called("patronictl")) == 61
+
+
+def test_the_wait_counts_the_time_patronictl_takes_not_the_sleeps(run: Run, tmp_path: Path) -> None:
+    """A slow DCS (each `patronictl list` takes 2 s): the step ends once 120 s have elapsed and says so,
+    not after 60 sleeps (issue 21: it said "waiting 120 s" and ended after 158 s)."""
+    result = run_step(run, tmp_path, "pg2", "stanza", [member_list("3", LEADERLESS)], wait=None, list_cost=2)
+    assert_failed_without_acting(result, "pg2", "stanza", "the Patroni cluster has no leader")
+    assert "still so after waiting 122 s" in result.stderr  # the 31st list ended at 122 s
+    assert len(result.called("patronictl")) == 31
+    assert result.called("sleep") == ["sleep 2"] * 30
 
 
 @pytest.mark.parametrize("step", ["stanza", "archiving", "verify"])

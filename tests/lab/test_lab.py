@@ -153,7 +153,7 @@ def test_health_checks_pass_on_every_node_of_a_healthy_cluster(lab: Lab) -> None
     leader = lab.leader()
     for node in lab.nodes:
         collect_metrics(lab, node)
-        results = {command: run_check(lab, node, command) for command in ("backup-age", "wal-archive")}
+        results = {command: run_check(lab, node, command) for command in ("backup-age", "wal-archive", "standby")}
         assert {code for code, _ in results.values()} == {0}, results
         if node == leader:
             assert "repo1: newest backup" in results["backup-age"][1]
@@ -285,6 +285,27 @@ def test_switchover_archiving_and_backups_follow_the_new_leader(lab: Lab) -> Non
     assert unit_result(lab, old, "pgbackup-backup-incr.service") == "exec-condition"
 
 
+def assert_backup_skips_the_stranded(lab: Lab, leader: str, stranded: list[str]) -> None:
+    """Before the reinit (issue 21): the scheduled backup succeeds from a standby that follows the leader, or
+    from the leader, saying it skipped the stranded members; the collector names them; so does the check."""
+    before, since = len(backups(lab)), lab.ssh(leader, "date +%s").stdout.strip()
+    started = lab.ssh(leader, "systemctl start pgbackup-backup-incr.service", check=False)
+    journal = lab.ssh(leader, f"journalctl -u pgbackup-backup-incr.service -o cat --no-pager --since @{since}",
+                      check=False).stdout
+    assert started.returncode == 0, started.stderr + journal
+    assert unit_result(lab, leader, "pgbackup-backup-incr.service") == "success"
+    assert len(backups(lab)) == before + 1
+    said = [line for line in journal.splitlines() if line.startswith("pgbackup-backup: ")]
+    assert said, journal
+    for member in stranded:
+        assert f"{member} stranded" in said[-1], said
+    collect_metrics(lab, leader)
+    text = lab.ssh(leader, "cat /var/lib/prometheus/node-exporter/pgbackrest.prom").stdout
+    for member in stranded:
+        assert f'pgbackup_stranded_member_since_timestamp_seconds{{stanza="{STANZA}",member="{member}",' in text
+        assert f"member {member} does not follow the leader" in run_check(lab, leader, "standby")[1]
+
+
 def test_hard_kill_of_the_leader(lab: Lab) -> None:
     victim = lab.leader()
     lab.sql(victim, "CREATE TABLE IF NOT EXISTS failover (n int)")
@@ -304,7 +325,8 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
     # Boot the killed node again. Patroni usually rejoins it (pg_rewind). A member that replayed WAL of the old
     # timeline past the point where the new leader's forked (the victim, or the other replica when it had
     # received more than the new leader) cannot follow, although Patroni 3.0 lists it as running; a backup from
-    # it as the standby then waits for a replay that never comes. When a member does not follow within
+    # it as the standby would wait for a replay that never comes, so the backups skip it (pgbackup-backup), as
+    # assert_backup_skips_the_stranded proves before the reinit. When a member does not follow within
     # 3 minutes (or that runs on another timeline than the leader's, with no stream from it, for 30 s: it will
     # not follow on its own), the operator's remedy is a reinit, which rebuilds it through the pgbackrest
     # replica method.
@@ -313,6 +335,8 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
         lab.wait_healthy(timeout=180, stranded_after=30)
     except AssertionError as unhealthy:
         stuck = unhealthy.members if isinstance(unhealthy, Stranded) else (lab.not_following() or [victim])
+        if isinstance(unhealthy, Stranded):
+            assert_backup_skips_the_stranded(lab, new, stuck)
         for member in stuck:
             journal = lab.ssh(member, f"journalctl -u patroni -u postgresql@{FACTS['pg_version']}-main --no-pager -o cat -n 30", check=False)
             print(f"\n{unhealthy}\n{member} does not follow the leader: reinit. Its journal ends:\n{journal.stdout}")

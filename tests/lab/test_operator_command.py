@@ -74,6 +74,7 @@ def test_a_backup_on_demand_runs_on_the_leader_and_says_what_it_made(lab: Lab, p
     assert [(b["type"], repo_of(b)) for b in made] == [(pg_type, 1)], made
     assert f"{lab.leader()} (leader)" in result.stdout
     assert unit in result.stdout
+    assert "pgbackup-backup: backing up from the " in result.stdout  # the unit's journal: which node it read
     assert f"backup {made[0]['label']} ({pg_type}, repo1)" in result.stdout
 
 
