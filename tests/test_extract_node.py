@@ -144,7 +144,9 @@ def test_restores_only_the_database_to_the_time_dumps_the_table_and_waits_for_th
     assert any(line.startswith("pgbackup-extract: dumped ") for line in lines)
 
     info = node.calls("pgbackrest")[0]["argv"]
-    assert info[-1] == "info" and "--set=20261120-020000F" in info and "--repo=1" in info
+    assert info[-1] == "info"
+    assert "--set=20261120-020000F" in info
+    assert "--repo=1" in info
     restore = node.calls("pgbackrest")[1]["argv"]
     assert restore[-1] == "restore"
     # Only that database, to the time, from the backup the command chose; archiving off in the copy.
@@ -166,7 +168,8 @@ def test_restores_only_the_database_to_the_time_dumps_the_table_and_waits_for_th
     dumps = node.calls("pg_dump")
     assert len(dumps) == 1
     argv = dumps[0]["argv"]
-    assert "-Fc" in argv and "--strict-names" in argv
+    assert "-Fc" in argv
+    assert "--strict-names" in argv
     assert argv[argv.index("-t") + 1] == '"public"."orders"'
     assert dumps[0]["pgdatabase"] == "appdb"
     assert "-c search_path=pg_catalog" in (dumps[0]["pgoptions"] or "")
@@ -215,7 +218,8 @@ def test_a_database_created_after_the_time_is_refused_after_the_replay(program: 
     assert (status, result["refused"]) == (3, "no_database")
     assert "database appdb did not exist at 2026-11-20 14:15:00.000000+00 (databases then: postgres, template1)" \
         in result["reason"]
-    assert node.calls("pg_dump") == [] and node.left() == []
+    assert node.calls("pg_dump") == []
+    assert node.left() == []
 
 
 def test_a_whole_database_without_tables(program: str, tmp_path: Path) -> None:
@@ -224,10 +228,12 @@ def test_a_whole_database_without_tables(program: str, tmp_path: Path) -> None:
     result, _ = until_result(process)
     assert result["ok"] is True
     argv = node.calls("pg_dump")[0]["argv"]
-    assert "-t" not in argv and "--strict-names" not in argv
+    assert "-t" not in argv
+    assert "--strict-names" not in argv
     assert not [c for c in node.calls("psql") if "json_agg" in c["argv"][-1]]
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0 and node.left() == []
+    assert process.wait(timeout=30) == 0
+    assert node.left() == []
 
 
 def test_while_a_drill_holds_the_lock_refused_and_its_copy_untouched(program: str, tmp_path: Path) -> None:
@@ -241,7 +247,8 @@ def test_while_a_drill_holds_the_lock_refused_and_its_copy_untouched(program: st
                                text=True, timeout=30, check=False)
     assert (status, result["refused"]) == (3, "busy")
     assert node.calls() == []
-    assert clean.returncode == 0 and "holds" in clean.stdout
+    assert clean.returncode == 0
+    assert "holds" in clean.stdout
     assert node.left() == ["data"]  # the drill's copy, neither by the extract nor by --clean
     # Without the lock held, --clean (the unit's ExecStopPost) deletes what a killed run left.
     subprocess.run([sys.executable, str(node.program), "--clean"], env=node.env, check=True, timeout=30)
@@ -258,6 +265,8 @@ def test_stopped_during_the_restore_it_deletes_everything(program: str, tmp_path
     assert "data" in node.left()
     process.send_signal(signal.SIGTERM)
     result, status = finished(process)
-    assert status == 1 and result["ok"] is False and result["ready"] is False
+    assert status == 1
+    assert result["ok"] is False
+    assert result["ready"] is False
     assert node.left() == []
     assert node.calls("pg_dump") == []
