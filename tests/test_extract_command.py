@@ -171,6 +171,7 @@ def test_the_dump_is_fetched_checked_and_the_unit_stopped(tmp_path: Path) -> Non
     assert "on pg2 (the first running replica by name), from backup 20261122-020000F;" in lines[0]
     assert fetch == ("runuser -u postgres -- env --chdir=/ head -c 25605 -- "
                      "/var/lib/postgresql/pgbackup-drill/extract.dump")
+    assert stop == extract.stop_script()
     assert "systemctl stop pgbackup-extract.service" in stop
     assert "pg2: pgbackup-extract: restoring backup 20261122-020000F" in lines
     assert lines[-1].startswith(f"extracted into {out}: 25605 bytes in ")
@@ -183,7 +184,7 @@ def test_a_dump_that_arrives_otherwise_is_not_kept(tmp_path: Path) -> None:
     with pytest.raises(RemoteError, match="the dump arrived with 25605 bytes, sha256"):
         go(FakeCluster(node), out)
     assert list(tmp_path.iterdir()) == []
-    assert "systemctl stop pgbackup-extract.service" in node.scripts[-1]  # the node's copy goes all the same
+    assert node.scripts[-1] == extract.stop_script()  # the node's copy goes all the same
 
 
 def test_a_refusal_on_the_node_is_exit_3_with_its_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,7 +199,8 @@ def test_ctrl_c_stops_the_unit_on_the_node(tmp_path: Path) -> None:
     node = FakeNode("pg2", [], interrupt=True)
     status, lines = go(FakeCluster(node), tmp_path / "x.dump")
     assert status == 130
-    assert "systemctl stop pgbackup-extract.service" in node.scripts[-1]
+    assert len(node.scripts) == 2
+    assert node.scripts[-1] == extract.stop_script()
     assert lines[-1] == "pg2: stopped; nothing of the extract is left there"
     assert list(tmp_path.iterdir()) == []
 
