@@ -30,7 +30,7 @@ from components.layout import PATHS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError
 from pgbackup_cli.repository import choose_backup, holdings, parse_target
-from pgbackup_cli.untrusted import printable
+from pgbackup_cli.untrusted import loads, printable
 
 UNIT = "pgbackup-extract.service"
 RESULT = "pgbackup-extract: result "  # the program's machine-read line (RESULT in the drill's template)
@@ -201,7 +201,7 @@ def result_of(lines: list[str]) -> dict[str, Any] | None:
     for line in reversed(lines):
         if line.startswith(RESULT):
             try:
-                value = json.loads(line[len(RESULT):])
+                value = loads(line[len(RESULT):])
             except ValueError:
                 return None
             return value if isinstance(value, dict) else None
@@ -267,7 +267,7 @@ def run(cluster: Cluster, request: Request, node: str | None, say: Callable[[str
             say(f"the extract failed on {chosen} (exit {started.status}): "
                 f"{result.get('reason') or started.err.strip()[-500:] or 'see journalctl -u ' + UNIT}")
             return 1
-        say(f"fetching the dump ({result['bytes']} bytes) into {request.out}")
+        say(f"fetching the dump ({result.get('bytes')} bytes) into {request.out}")
         fetched = time.monotonic()
         fetch(cluster, chosen, result, request.out)
         fetch_seconds = time.monotonic() - fetched

@@ -12,10 +12,13 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +273,63 @@ def test_stopped_during_the_restore_it_deletes_everything(program: str, tmp_path
     assert result["ready"] is False
     assert node.left() == []
     assert node.calls("pg_dump") == []
+
+
+@pytest.fixture(scope="module")
+def real_postgres() -> Any:
+    """A throwaway PostgreSQL (Debian's server binaries) on a Unix socket, as postgres; stopped afterwards."""
+    binaries = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15) if os.access(f"/usr/lib/postgresql/{v}/bin/initdb",
+                                                                                 os.X_OK)]
+    assert binaries, "no PostgreSQL server binaries: `make setup` installs Debian's postgresql"
+    bin_dir = binaries[0]
+    place = Path(tempfile.mkdtemp(prefix="pgbackup-extract-", dir="/tmp"))
+    shutil.chown(place, "postgres")
+
+    def as_postgres(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "postgres", "--", "env", *(f"{k}={v}" for k, v in env.items()),
+                               *argv], capture_output=True, text=True, cwd="/", timeout=60, check=False)
+
+    assert as_postgres(f"{bin_dir}/initdb", "-D", f"{place}/data", "-A", "peer", "-N").returncode == 0
+    started = as_postgres(f"{bin_dir}/pg_ctl", "-D", f"{place}/data", "-l", f"{place}/log", "-w", "-o",
+                          f"-c listen_addresses='' -c unix_socket_directories={place} -p 5497", "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        yield bin_dir, place, as_postgres
+    finally:
+        as_postgres(f"{bin_dir}/pg_ctl", "-D", f"{place}/data", "-m", "immediate", "stop")
+        shutil.rmtree(place)
+
+
+def test_the_relations_query_and_the_dump_patterns_on_a_real_postgresql(program: str, real_postgres: Any,
+                                                                         tmp_path: Path) -> None:
+    """What the stand-ins cannot say: the program's catalog query runs (as its sessions run it, search_path
+    pg_catalog) and lists the relations pg_dump -t takes, and its patterns name exactly one relation each,
+    quotes and capitals included, in a database whose name looks like a connection string."""
+    bin_dir, place, as_postgres = real_postgres
+    drill = types.ModuleType("drill")
+    exec(compile(program, "drill", "exec"), drill.__dict__)  # noqa: S102 -- the program under test
+    database = "host=elsewhere shop"
+    session = {"PGHOST": str(place), "PGPORT": "5497", "PGOPTIONS": "-c search_path=pg_catalog"}
+
+    def sql(query: str, db: str) -> str:
+        done = as_postgres("psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query, PGDATABASE=db, **session)
+        assert done.returncode == 0, done.stderr
+        return str(done.stdout.strip())
+
+    sql(f"CREATE DATABASE {drill.pattern('x', database).split('.')[1]}", "postgres")
+    sql('CREATE SCHEMA "Sales"; CREATE TABLE "Sales"."Q1 ""final""" (a int); CREATE TABLE public.orders '
+        "(id int PRIMARY KEY); CREATE TABLE public.\"Orders\" (b int); CREATE VIEW public.v AS SELECT 1; "
+        "CREATE SEQUENCE public.s", database)
+    assert json.loads(sql(drill.RELATIONS_QUERY, database)) == [
+        ["Sales", 'Q1 "final"'], ["public", "Orders"], ["public", "orders"], ["public", "s"], ["public", "v"]]
+    assert json.loads(sql(drill.RELATIONS_QUERY, "postgres")) == []
+    dump = f"{place}/d.dump"
+    done = as_postgres(f"{bin_dir}/pg_dump", "-Fc", "--no-password", "--strict-names", "-t",
+                       drill.pattern("Sales", 'Q1 "final"'), "-t", drill.pattern("public", "orders"), "-f", dump,
+                       PGDATABASE=database, **session)
+    assert done.returncode == 0, done.stderr
+    listing = subprocess.run([f"{bin_dir}/pg_restore", "-l", dump], capture_output=True, text=True, check=True,
+                             timeout=30).stdout
+    tables = sorted(line.split(" TABLE DATA ")[1].rsplit(" ", 1)[0] for line in listing.splitlines()
+                    if " TABLE DATA " in line)
+    assert tables == ['Sales Q1 "final"', "public orders"]  # not public."Orders"
