@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -90,6 +91,8 @@ class Node:
                             "STATE": str(root / "drill.json"), "METRICS": str(root / "drill.prom"),
                             "LOCK": str(self.lock)}.items():
             script = constant(script, name, value)
+        script, count = re.subn(r"^PROGRESS_SECONDS = .*$", "PROGRESS_SECONDS = 0.2", script, flags=re.M)
+        assert count == 1
         self.program = root / "pgbackup-drill"
         self.program.write_text(script)
         self.calls_file = root / "calls.jsonl"
@@ -133,7 +136,7 @@ def finished(process: subprocess.Popen[str]) -> tuple[dict[str, Any], int]:
 
 def test_restores_only_the_database_to_the_time_dumps_the_table_and_waits_for_the_fetch(
         program: str, tmp_path: Path) -> None:
-    node = Node(program, tmp_path)
+    node = Node(program, tmp_path, restore_seconds=0.5)
     process = node.start()
     result, lines = until_result(process)
     # Ready: the dump is there, its size and sha256 on the result line; the copy is already gone.
@@ -145,6 +148,8 @@ def test_restores_only_the_database_to_the_time_dumps_the_table_and_waits_for_th
     assert set(result["phases"]) >= {"restore", "replay", "dump"}
     assert any("restoring backup 20261120-020000F" in line for line in lines)
     assert any(line.startswith("pgbackup-extract: dumped ") for line in lines)
+    # Progress while the restore runs.
+    assert any(re.fullmatch(r"pgbackup-extract: restoring: \d+ bytes written", line) for line in lines), lines
 
     info = node.calls("pgbackrest")[0]["argv"]
     assert info[-1] == "info"
