@@ -8,7 +8,8 @@
     pgbackup recover -s STACK --cleanup [--yes-delete-old-data]
 
 Exit codes: 0 all well; 1 something needs attention or failed; 2 the command cannot run as asked (bad
-arguments or configuration, an unreachable cluster, a missing unit); 3 recovery refused, nothing touched;
+arguments or configuration, an unreachable cluster, a missing unit); 3 recovery refused, nothing touched (an
+extract refused, nothing left on the node);
 130 interrupted (`recover` carries on when run again).
 """
 
