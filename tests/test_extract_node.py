@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.harness import node_files, run_program, stack_config
-from tests.test_drill_cut_off import NEUTRAL, constant
+from tests.test_drill_cut_off import NEUTRAL, PRODUCTION_CONF, constant, installed_postgres
 
 DRILL = "/usr/local/lib/pgbackup/pgbackup-drill"
 TARGET = "2026-11-20T14:15:00+00:00"
@@ -338,3 +338,39 @@ def test_the_relations_query_and_the_dump_patterns_on_a_real_postgresql(program:
     tables = sorted(line.split(" TABLE DATA ")[1].rsplit(" ", 1)[0] for line in listing.splitlines()
                     if " TABLE DATA " in line)
     assert tables == ['Sales Q1 "final"', "public orders"]  # not public."Orders"
+
+
+def test_the_real_server_accepts_the_copys_command_line_with_its_recovery_target(program: str,
+                                                                                    tmp_path: Path) -> None:
+    """`postgres -C` (which starts nothing) reads the extract's command line over a restored configuration
+    (pgBackRest's recovery settings in postgresql.auto.conf, production's postgresql.conf): the server takes
+    the time as its one recovery target and the drill's neutral values (a recovery_target_* emptied after
+    the time is set stops the server: "multiple recovery targets specified")."""
+    found = installed_postgres()
+    assert found is not None, "no PostgreSQL 15 or 17 server binary: `make setup` installs Debian's postgresql"
+    _, postgres = found
+    node = Node(program, tmp_path)
+    process = node.start()
+    until_result(process)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    start = next(c["argv"] for c in node.calls("pg_ctl") if c["argv"][-1] == "start")
+    options = shlex.split(start[start.index("-o") + 1])
+    data = Path(dict(word.split("=", 1) for word in options[1::2])["data_directory"])
+    data.mkdir(parents=True)
+    (data / "postgresql.conf").write_text(PRODUCTION_CONF)
+    (data / "postgresql.auto.conf").write_text(
+        "restore_command = 'pgbackrest --stanza=main archive-get %f \"%p\"'\n"
+        "recovery_target_time = '2026-11-20 14:15:00+00'\nrecovery_target_action = 'promote'\n")
+
+    def effective(name: str) -> str:
+        result = subprocess.run([postgres, "-C", name, "-D", str(data), *options], capture_output=True, text=True,
+                                timeout=30, check=False)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        return result.stdout.rstrip("\n")
+
+    assert effective("recovery_target_time") == "2026-11-20 14:15:00.000000+00"
+    assert [effective(name) for name in ("recovery_target", "recovery_target_xid", "recovery_target_lsn")] == \
+        ["", "", ""]
+    assert (effective("recovery_target_action"), effective("recovery_target_inclusive")) == ("promote", "on")
+    assert (effective("archive_mode"), effective("listen_addresses")) == ("off", "")
