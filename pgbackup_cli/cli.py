@@ -3,6 +3,7 @@
     pgbackup status  -s STACK [--json]
     pgbackup backup  -s STACK --type full|incr|diff [--repo N]
     pgbackup drill   -s STACK
+    pgbackup extract -s STACK --to TIME --database DB [--table SCHEMA.NAME ...] --out FILE [--node NODE]
     pgbackup recover -s STACK --to TIME|latest [--leader NODE] [--yes]
     pgbackup recover -s STACK --cleanup [--yes-delete-old-data]
     pgbackup recover -s STACK --abort
@@ -10,7 +11,8 @@
 
 Exit codes: 0 all well; 1 something needs attention or failed; 2 the command cannot run as asked (bad
 arguments or configuration, an unreachable cluster, a missing unit); 3 recovery or undelete refused, nothing
-touched; 130 interrupted (`recover` stops its step's unit on the node, and carries on when run again).
+touched (an extract refused, nothing left on the node); 130 interrupted (`recover` stops its step's unit on the
+node, and carries on when run again; `extract` stops its unit, which removes the copy).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import paramiko
 
 from components.config import ConfigError
-from pgbackup_cli import operations, recover, status, undelete
+from pgbackup_cli import extract, operations, recover, status, undelete
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError, load_key
 from pgbackup_cli.repository import parse_target
@@ -54,6 +56,14 @@ def parser() -> argparse.ArgumentParser:
     bk.add_argument("--type", required=True, choices=["full", "incr", "diff"])
     bk.add_argument("--repo", type=int, default=1, choices=range(1, 257), metavar="N", help="repository (default 1)")
     sub.add_parser("drill", parents=[common], help="the restore drill now (pgbackup-drill.service)")
+    ex = sub.add_parser("extract", parents=[common],
+                        help="tables (or a database) as they were at a time, into a pg_dump file, cluster untouched")
+    ex.add_argument("--to", required=True, help="a time with its zone, e.g. '2026-11-20 14:15:00+00'")
+    ex.add_argument("--database", required=True, help="the database the tables are in")
+    ex.add_argument("--table", action="append", metavar="SCHEMA.NAME",
+                    help="a table to dump (again for more); none: the whole database")
+    ex.add_argument("--out", required=True, type=Path, help="the pg_dump -Fc file to write (a new file)")
+    ex.add_argument("--node", help="the node to restore on (default: the restore drill's, a replica)")
     rc = sub.add_parser("recover", parents=[common], help="point-in-time recovery of the whole cluster")
     rc.add_argument("--to", help="'latest' or a time with its zone, e.g. '2026-11-20 14:15:00+00'")
     rc.add_argument("--leader", help="the node to restore on when Patroni reports no leader")
@@ -173,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": lambda: run_status(cluster, options),
             "backup": lambda: operations.backup(cluster, options.type, options.repo, say),
             "drill": lambda: operations.drill(cluster, say),
+            "extract": lambda: extract.command(lambda: cluster, options, say),
             "recover": lambda: run_recover(cluster, options),
             "repository": lambda: undelete.run(stack, options.repo, options.before, options.dry_run, say,
                                                lambda: cluster, os.environ),

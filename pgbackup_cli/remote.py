@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 
@@ -128,6 +129,44 @@ class Node:
             if on_output is not None and pending:
                 on_output(pending.decode(errors="replace"))
             return Result(channel.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
+        except (OSError, paramiko.SSHException) as error:
+            raise RemoteError(f"{self.name}: the SSH session broke: {error}") from None
+        finally:
+            client.close()
+
+    def stream(self, script: str, sink: BinaryIO, limit: int, timeout: float = 3600) -> Result:
+        """`script` as run(), its stdout's bytes written to `sink` as they come, at most `limit` of them (more
+        is a RemoteError, the session closed); stderr collected (at most 64 KiB)."""
+        command = "bash -c " + shlex.quote(script_text(script))
+        client = self._client()
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            channel = transport.open_session()
+            channel.exec_command(command)
+            channel.shutdown_write()
+            received, err = 0, bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                got = False
+                if channel.recv_ready():
+                    chunk = channel.recv(1 << 20)
+                    received += len(chunk)
+                    if received > limit:
+                        raise RemoteError(f"{self.name}: sent more than the {limit} bytes expected: refused")
+                    sink.write(chunk)
+                    got = True
+                if channel.recv_stderr_ready():
+                    chunk = channel.recv_stderr(65536)
+                    err += chunk[:max(0, 65536 - len(err))]
+                    got = True
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"{self.name}: no end after {timeout:.0f} s")
+                if not got:
+                    time.sleep(0.02)
+            return Result(channel.recv_exit_status(), "", err.decode(errors="replace"))
         except (OSError, paramiko.SSHException) as error:
             raise RemoteError(f"{self.name}: the SSH session broke: {error}") from None
         finally:
