@@ -105,3 +105,26 @@ def test_the_other_units_have_no_leader_condition(monthly_run: Run) -> None:
         name = path.removeprefix(UNITS)
         if path.startswith(UNITS) and path.endswith(".service") and name not in leader_only(files):
             assert not [d for d in directives(file["content"]) if d[1] == "ExecCondition"], name
+
+
+def commands(unit: str) -> list[tuple[str, str, list[str]]]:
+    """(directive, the user systemd runs it as, argv) of every Exec*= of a unit: the unit's User= (root without
+    one), root for a command prefixed "+" (full privileges)."""
+    found = [d for d in directives(unit) if d[0] == "Service"]
+    user = next((value for _, key, value in found if key == "User"), "root")
+    result = []
+    for _, key, value in found:
+        if key.startswith("Exec"):
+            prefixes = value[:len(value) - len(value.lstrip("-@:+!|"))]
+            result.append((key, "root" if "+" in prefixes else user, shlex.split(value[len(prefixes):])))
+    return result
+
+
+def test_the_verification_runs_as_postgres_and_publishes_as_root_whatever_its_result(monthly_run: Run) -> None:
+    """postgres cannot write node_exporter's directory (prometheus's): `publish` runs as root, which writes there as
+    the directory's owner (rootsafe); the verification itself never runs as root."""
+    unit = node_files(monthly_run, "pg1")[f"{UNITS}pgbackup-verify.service"]["content"]
+    script = "/usr/local/lib/pgbackup/pgbackup-verify"
+    runs = [(key, user, argv) for key, user, argv in commands(unit) if script in argv]
+    assert ("ExecStart", "postgres") in [(key, user) for key, user, argv in runs if argv[-1] == script]
+    assert [(key, user) for key, user, argv in runs if argv[-1] == "publish"] == [("ExecStopPost", "root")]
