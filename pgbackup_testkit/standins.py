@@ -115,7 +115,7 @@ class Patroni:
         patroni = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 -- http.server's name
+            def do_GET(self) -> None:
                 patroni.requests.append(self.path)
                 if self.path == "/primary":
                     status, body = patroni.status, b"{}"

@@ -62,7 +62,8 @@ class Drill:
                  "SCRATCH": str(self.scratch), "STATE": str(tmp / "state.json"), "METRICS": str(self.metrics),
                  "LOCK": str(tmp / "drill.lock"), **constants}
         for name, value in moved.items():
-            script, count = re.subn(rf"^{name} = .*$", lambda _, v=value: f"{name} = {v!r}", script, flags=re.M)
+            line = f"{name} = {value!r}"
+            script, count = re.subn(rf"^{name} = .*$", line.replace("\\", "\\\\"), script, flags=re.M)
             assert count == 1, name
         self.path = tmp / "pgbackup-drill"
         self.path.write_text(script)
@@ -82,7 +83,8 @@ class Drill:
                               env=self.bins.env(), check=False)
 
     def state(self) -> dict[str, Any]:
-        return json.loads((self.tmp / "state.json").read_text())
+        state: dict[str, Any] = json.loads((self.tmp / "state.json").read_text())
+        return state
 
     def sample(self, name: str, extra: str = "") -> str | None:
         match = re.search(rf'^{name}{{stanza="main",repo="1"{extra}}} (\S+)$', self.metrics.read_text(), re.M)
@@ -103,14 +105,17 @@ def test_a_healthy_drill_succeeds_and_says_so(drill: Drill) -> None:
     result = drill.run()
     assert result.returncode == 0, result.stdout + result.stderr
     state = drill.state()
-    assert state["ok"] is True and state["refused"] is None, state
+    assert (state["ok"], state["refused"]) == (True, None), state
     assert set(state["phases"]) == {"prepare", "restore", "replay", "checks", "cleanup"}
-    assert state["shortfallBytes"] == 0 and state["replayedToArchiveEnd"] is True
-    assert state["backup"] == "20261206-010000F" and state["databases"] == ["app", "postgres"]
+    assert state["shortfallBytes"] == 0
+    assert state["replayedToArchiveEnd"] is True
+    assert state["backup"] == "20261206-010000F"
+    assert state["databases"] == ["app", "postgres"]
     assert drill.sample("pgbackup_drill_success") == "1"
     assert drill.sample("pgbackup_drill_replay_shortfall_bytes") == "0"
     restore = [c for c in drill.bins.calls("pgbackrest") if c[-1] == "restore"]
-    assert len(restore) == 1 and "--repo=1" in restore[0]
+    assert len(restore) == 1
+    assert "--repo=1" in restore[0]
     assert drill.bins.calls("pg_amcheck"), "drill.amcheck is set: pg_amcheck runs"
     drill.assert_cleaned()
 
@@ -133,8 +138,9 @@ def test_a_failing_command_fails_the_drill(drill: Drill, name: str, words: tuple
     result = drill.run()
     assert result.returncode == 1, result.stdout + result.stderr
     state = drill.state()
-    assert state["ok"] is False and state["refused"] is None, state
-    assert "stand-in failure" in state["reason"] and f"{name}" in state["reason"], state["reason"]
+    assert (state["ok"], state["refused"]) == (False, None), state
+    assert "stand-in failure" in state["reason"], state["reason"]
+    assert name in state["reason"], state["reason"]
     assert phase not in state["phases"], f"the {phase} phase is recorded as done: {state['phases']}"
     assert drill.sample("pgbackup_drill_success") == "0"
     assert "FAILED" in result.stdout
@@ -154,9 +160,11 @@ def test_replay_short_of_the_archive_s_end_fails_the_drill(drill: Drill) -> None
     result = drill.run()
     assert result.returncode == 1, result.stdout
     state = drill.state()
-    assert state["ok"] is False and state["replayedToArchiveEnd"] is False
+    assert state["ok"] is False
+    assert state["replayedToArchiveEnd"] is False
     assert state["shortfallBytes"] == 7 * SEGMENT - 0x4000100
-    assert "replay stopped at 0/4000100" in state["reason"] and ARCHIVE_MAX in state["reason"]
+    assert "replay stopped at 0/4000100" in state["reason"]
+    assert ARCHIVE_MAX in state["reason"]
     assert drill.sample("pgbackup_drill_replay_shortfall_bytes") == str(7 * SEGMENT - 0x4000100)
     assert drill.sample("pgbackup_drill_success") == "0"
     drill.assert_cleaned()
@@ -167,7 +175,8 @@ def test_a_backup_larger_than_the_free_space_is_refused_before_anything_is_resto
     result = drill.run()
     assert result.returncode == 1
     state = drill.state()
-    assert state["refused"] == "no_space" and state["ok"] is False, state
+    assert state["refused"] == "no_space", state
+    assert state["ok"] is False
     assert "bytes free" in state["reason"]
     assert not [c for c in drill.bins.calls("pgbackrest") if c[-1] == "restore"]
     assert not drill.bins.calls("pg_ctl")

@@ -33,8 +33,8 @@ def patroni() -> Iterator[Patroni]:
 def directives(unit: str) -> list[tuple[str, str, str]]:
     """(section, key, value) of a unit file, as systemd reads it: comment lines (# or ;) ignored."""
     section, found = "", []
-    for line in unit.splitlines():
-        line = line.strip()
+    for raw in unit.splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
         if line.startswith("["):

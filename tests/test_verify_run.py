@@ -73,7 +73,8 @@ def verification(node_sandbox: NodeSandbox) -> Verification:
 
 def test_a_healthy_repository(verification: Verification) -> None:
     code, state, errors = verification.verify()
-    assert code == 0 and state["ok"] is True, state
+    assert code == 0, state
+    assert state["ok"] is True
     assert errors == {"checksum": 0, "missing_wal": 0, "other": 0}
     assert state["repos"]["1"]["continuity"]["from"] == "000000010000000000000002"
     assert state["repos"]["1"]["continuity"]["to"] == "000000010000000000000006"
@@ -82,7 +83,8 @@ def test_a_healthy_repository(verification: Verification) -> None:
 def test_a_gap_in_the_archive_is_missing_wal(verification: Verification) -> None:
     verification.bins.answer("pgbackrest", "repo-ls", stdout=listing(2, 3, 5, 6))
     code, state, errors = verification.verify()
-    assert code == 1 and state["ok"] is False
+    assert code == 1
+    assert state["ok"] is False
     assert errors == {"checksum": 0, "missing_wal": 1, "other": 0}
     assert state["repos"]["1"]["continuity"]["firstMissing"] == ["000000010000000000000004"]
 
@@ -91,7 +93,8 @@ def test_damaged_sets_are_counted_by_kind(verification: Verification) -> None:
     verification.bins.answer("pgbackrest", "verify", stdout=DAMAGED)
     code, _, errors = verification.verify()
     assert code == 1
-    assert errors["checksum"] == 1 and errors["missing_wal"] == 1 and errors["other"] >= 1, errors
+    assert (errors["checksum"], errors["missing_wal"]) == (1, 1), errors
+    assert errors["other"] >= 1, errors
 
 
 @pytest.mark.parametrize("words", [("verify",), ("repo-ls",)])
@@ -100,7 +103,8 @@ def test_a_failing_pgbackrest_command_is_an_error_even_with_a_healthy_output(
     stdout = HEALTHY if words == ("verify",) else listing(2, 3, 4, 5, 6)
     verification.bins.answer("pgbackrest", *words, code=82, stdout=stdout, stderr="ERROR: [082]: stand-in")
     code, state, errors = verification.verify()
-    assert code == 1 and state["ok"] is False
+    assert code == 1
+    assert state["ok"] is False
     assert errors == {"checksum": 0, "missing_wal": 0, "other": 1}
     assert "stand-in" in json.dumps(state["repos"]["1"]), state
 
@@ -108,5 +112,6 @@ def test_a_failing_pgbackrest_command_is_an_error_even_with_a_healthy_output(
 def test_info_failing_is_an_error(verification: Verification) -> None:
     verification.bins.answer("pgbackrest", "info", code=39, stderr="ERROR: [039]: unreachable")
     code, state, errors = verification.verify()
-    assert code == 1 and errors["other"] == 1
+    assert code == 1
+    assert errors["other"] == 1
     assert "unreachable" in json.dumps(state)
