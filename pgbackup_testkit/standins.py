@@ -18,12 +18,11 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-STANDIN = r'''#!{python}
+STANDIN = r'''#!{python} -IS
 import json, os, sys
 state = {state!r}
 name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
@@ -76,7 +75,7 @@ class Binaries:
 
     def add(self, name: str) -> Path:
         path = self.bin_dir / name
-        path.write_text(STANDIN.format(python=sys.executable, state=str(self.state_dir)))
+        path.write_text(STANDIN.format(python="/usr/bin/python3", state=str(self.state_dir)))  # -S: no site, faster
         path.chmod(0o755)
         return path
 
