@@ -7,11 +7,12 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from pgbackup_testkit.standins import Patroni
-from tests.harness import Run, node_files, run_program, stack_config
+from pgbackup_testkit.standins import Binaries, Patroni
+from tests.harness import Run, node_files, run_program, script_of, stack_config
 
 UNITS = "/etc/systemd/system/"
 
@@ -128,3 +129,17 @@ def test_the_verification_runs_as_postgres_and_publishes_as_root_whatever_its_re
     runs = [(key, user, argv) for key, user, argv in commands(unit) if script in argv]
     assert ("ExecStart", "postgres") in [(key, user) for key, user, argv in runs if argv[-1] == script]
     assert [(key, user) for key, user, argv in runs if argv[-1] == "publish"] == [("ExecStopPost", "root")]
+
+
+def test_the_schedule_step_enables_and_starts_every_timer_the_node_has(monthly_run: Run, tmp_path: Path) -> None:
+    """Run under bash as the step runs, with a stand-in systemctl: each timer of the node's files is enabled and
+    started now (enabled only, it would wait for the next boot: no backup until then)."""
+    bins = Binaries(tmp_path / "bin", tmp_path / "standin", ("systemctl",))
+    result = subprocess.run(["bash", "-c", script_of(monthly_run.named("cluster-pg1-schedule")), "pgbackup-schedule"],
+                            capture_output=True, text=True, env=bins.env(), timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    timers = {path.removeprefix(UNITS) for path in node_files(monthly_run, "pg1")
+              if path.startswith(UNITS) and path.endswith(".timer")}
+    started = {call[-1] for call in bins.calls("systemctl") if call[1:4] == ["enable", "--now", "--quiet"]}
+    assert timers, "no timer in the node's files"
+    assert started == timers
