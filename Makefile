@@ -41,8 +41,8 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/mypy .
 	cd examples/consumer && MYPYPATH=../.. $(abspath $(VENV))/bin/mypy --config-file ../../pyproject.toml __main__.py test_consumer.py
 
-unit: setup ## the fast suite: everything but the lab
-	$(PY) -m pytest -m "not lab" -q
+unit: setup ## the fast suite: everything but the lab (on every core: pytest-xdist)
+	$(PY) -m pytest -m "not lab" -q -n auto
 
 test: lint unit ## lint, types and the fast suite (the README's test command)
 

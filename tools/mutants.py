@@ -12,6 +12,7 @@ targeted files (a survivor there is reported as "survives (targeted)").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -89,8 +90,11 @@ def scratch_copy() -> Path:
 
 
 def suite(root: Path, tests: list[str]) -> tuple[bool, str]:
-    """(killed, the line that says so) of the fast suite, or of the given test files, run in root."""
-    result = subprocess.run([sys.executable, *PYTEST, *tests], cwd=root, capture_output=True, text=True, check=False)
+    """(killed, the line that says so) of the fast suite (on every core, as `make unit` runs it), or of the given
+    test files, run in root."""
+    parallel = [] if tests or importlib.util.find_spec("xdist") is None else ["-n", "auto"]
+    result = subprocess.run([sys.executable, *PYTEST, *parallel, *tests], cwd=root, capture_output=True, text=True,
+                            check=False)
     lines = result.stdout.strip().splitlines()
     if result.returncode == 5:  # no test collected: nothing judged this mutation
         return False, "no tests ran"
