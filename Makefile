@@ -11,7 +11,7 @@ LAB_DEBS := debootstrap systemd-container etcd-server etcd-client patroni python
             openssh-client curl jq util-linux procps ca-certificates python3-venv iproute2
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q
 
-.PHONY: setup setup-lab test lint unit reference lab lab-test lab-down lab-bench bench help
+.PHONY: setup setup-lab test lint unit mutants reference lab lab-test lab-down lab-bench bench help
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -41,10 +41,13 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/mypy .
 	cd examples/consumer && MYPYPATH=../.. $(abspath $(VENV))/bin/mypy --config-file ../../pyproject.toml __main__.py test_consumer.py
 
-unit: setup ## the fast suite: everything but the lab
-	$(PY) -m pytest -m "not lab" -q
+unit: setup ## the fast suite: everything but the lab (on every core: pytest-xdist)
+	$(PY) -m pytest -m "not lab" -q -n auto
 
 test: lint unit ## lint, types and the fast suite (the README's test command)
+
+mutants: setup ## break the node programs and key policies one way at a time (tests/mutants.toml): the fast suite must fail on each
+	$(PY) tools/mutants.py
 
 reference: setup ## rewrite the configuration reference (docs/configuration.md tables, Pulumi.yaml comments) from components/config.py
 	$(PY) -m components.reference

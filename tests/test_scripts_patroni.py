@@ -64,6 +64,14 @@ case " $* " in
     fi
     cat "$FAKE/info.json"
     ;;
+  *" stanza-create ") # the n-th stanza-create exits with create/<n> (its exit status, then its output), else 0
+    n=$(($(cat "$FAKE/create-count" 2>/dev/null || echo 0) + 1))
+    echo "$n" >"$FAKE/create-count"
+    if [[ -e "$FAKE/create/$n" ]]; then
+      tail -n +2 "$FAKE/create/$n" >&2
+      exit "$(head -n 1 "$FAKE/create/$n")"
+    fi
+    ;;
   *" repo-ls archive "*) cat "$FAKE/repo-ls-archive.json" ;;
   *" repo-ls backup "*) cat "$FAKE/repo-ls-backup.json" ;;
   *" backup ") # the n-th backup answers with backup/<n> (its exit status, then its output), else succeeds
@@ -258,6 +266,30 @@ def test_when_info_fails_stanza_create_runs_and_says_why(run: Run, tmp_path: Pat
     result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])])
     assert result.returncode == 0, result.stderr
     assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]
+
+
+def stanza_create_answers(tmp_path: Path, *answers: tuple[int, str]) -> None:
+    """The n-th `pgbackrest stanza-create` of the fake exits with answers[n] (status, message); beyond: 0."""
+    (tmp_path / "fake" / "create").mkdir(parents=True)
+    for i, (status, message) in enumerate(answers, start=1):
+        (tmp_path / "fake" / "create" / str(i)).write_text(f"{status}\n{message}\n")
+
+
+def test_a_failing_stanza_create_fails_the_step(run: Run, tmp_path: Path) -> None:
+    stanza_create_answers(tmp_path, (39, "ERROR: [039]: HTTP request failed with 403 (Forbidden)"))
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])], info=stanza_in_repos(1))
+    assert result.returncode != 0
+    assert "stanza-create failed (pgBackRest error 39)" in result.stderr
+    assert "ready" not in result.stdout
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL]  # no retry of another error than 50
+
+
+def test_a_busy_stanza_create_is_retried_until_it_succeeds(run: Run, tmp_path: Path) -> None:
+    stanza_create_answers(tmp_path, (50, "ERROR: [050]: unable to acquire lock"), (50, "ERROR: [050]: again"))
+    result = run_step(run, tmp_path, "pg1", "stanza", [member_list("3", VERSIONS["3"])], info=stanza_in_repos(1))
+    assert result.returncode == 0, result.stderr
+    assert pgbackrest_calls(result) == [INFO_CALL, CREATE_CALL, CREATE_CALL, CREATE_CALL]
+    assert "role=leader: stanza main ready" in result.stdout
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))  # pg2 is a Replica, Quorum Standby, Sync Standby

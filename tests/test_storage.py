@@ -143,3 +143,24 @@ def test_the_lifecycle_rule_as_the_lab_driver_puts_it_is_accepted_by_s3() -> Non
     assert rule["Filter"] == {"Prefix": "repo/"}
     assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 45
     assert rule["Expiration"] == {"ExpiredObjectDeleteMarker": True}
+
+
+# What pgBackRest needs of a repository and nothing more (components/storage.py's comments say why each).
+NEEDED = {"s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject",
+          "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
+NEVER = {"s3:DeleteObjectVersion", "s3:DeleteObjectVersionTagging", "s3:PutBucketVersioning",
+         "s3:PutLifecycleConfiguration", "s3:BypassGovernanceRetention"}
+
+
+@pytest.mark.parametrize("object_lock", [False, True])
+def test_the_policy_allows_what_pgbackrest_needs_and_denies_every_way_to_remove_a_version(object_lock: bool) -> None:
+    """An action added to the Allow (s3:PutObjectAcl: backups made public) or dropped from the Deny (MinIO lets
+    s3:DeleteObject delete a version unless s3:DeleteObjectVersion is explicitly denied) fails here."""
+    statements = repository_policy(BUCKET, PREFIX, object_lock=object_lock)["Statement"]
+    assert isinstance(statements, list)
+    allowed = {action for s in statements if s["Effect"] == "Allow" for action in s["Action"]}
+    listing = {"s3:ListBucket", "s3:ListBucketVersions"} if object_lock else {"s3:ListBucket"}
+    assert allowed == NEEDED | listing
+    for action in NEVER:
+        assert [s for s in statements if s["Effect"] == "Deny" and action in s["Action"] and not s.get("Condition")
+                and {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"} <= set(s["Resource"])], action
