@@ -309,6 +309,8 @@ BENCH_DIR = "/etc/pgbackup-bench"  # on the nodes: root:postgres 0750, Barman's 
 SCRATCH = "/var/tmp/bench-restore"  # noqa: S108 -- inside a lab node
 BASEBACKUP = "/var/tmp/bench-basebackup"  # noqa: S108 -- inside a lab node
 BARMAN_PREFIX = "barman-bench"
+PG_SOCKET = "/var/run/postgresql"  # the nodes' PostgreSQL (port 5432)
+PATRONI_YML = "/etc/patroni/patroni.yml"  # where pg_basebackup's pgpass takes the replication user from
 # pgBackRest settings worth trying beside pgbackup's (processMax 2, zst level 3, bundle and block incremental on
 # 2.55), each into a repository path of its own under the repository's prefix (the node's key reaches it).
 VARIANTS: dict[str, str] = {
@@ -319,9 +321,12 @@ VARIANTS: dict[str, str] = {
     "zst6": "--compress-type=zst --compress-level=6",
     "nobundle": "--no-repo1-bundle --reset-repo1-block",  # 2.55 only: the config sets bundle and block
 }
-# Barman's compressions, as barman-cloud-backup --help names them (3.4: gzip, bzip2, snappy; 3.13: also lz4,
-# zstd, xz). snappy is left out: python3-snappy 0.5.3 (Debian 12 and 13) fails on Python >= 3.10.
+# Barman's compressions of a backup, as barman-cloud-backup --help names them (3.4 and 3.13: gzip, bzip2, snappy;
+# its WAL archiving also offers xz, zstd and lz4 in 3.13). snappy is left out: python3-snappy 0.5.3 (Debian 12
+# and 13) fails on Python >= 3.10 ("PY_SSIZE_T_CLEAN macro must be defined", seen with 3.4 on Debian 12).
 BARMAN_COMPRESSIONS = ("gzip", "bzip2", "lz4", "zstd", "xz")
+# Barman's WAL archiving: the first its barman-cloud-wal-archive --help offers.
+BARMAN_WAL_COMPRESSIONS = ("zstd", "lz4", "gzip")
 
 
 def cpu_seconds(lab: Lab) -> float:
@@ -410,7 +415,7 @@ def prepare_nodes(lab: Lab) -> None:
     files = {"credentials": profile, "config": f"[default]\nregion = {lab.env['LAB_S3_REGION']}\n",
              "ca.pem": Path(lab.env["LAB_CA_FILE"]).read_text()}
     pgpass = ("import os, yaml\n"
-              "r = yaml.safe_load(open('/etc/patroni/patroni.yml'))['postgresql']['authentication']['replication']\n"
+              f"r = yaml.safe_load(open('{PATRONI_YML}'))['postgresql']['authentication']['replication']\n"
               f"fd = os.open('{BENCH_DIR}/pgpass', os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)\n"
               "os.write(fd, ('*:*:*:%s:%s\\n' % (r['username'], r['password'])).encode())\n")
     for node in lab.nodes:
@@ -435,8 +440,8 @@ def _as_postgres(command: str) -> str:
     return f"cd /tmp && runuser -u postgres -- {command}"
 
 
-def _fresh_scratch(lab: Lab, node: str, path: str = SCRATCH) -> None:
-    lab.ssh(node, f"rm -rf {path} && install -d -o postgres -m 0700 {path}")
+def _fresh_scratch(lab: Lab, node: str) -> None:
+    lab.ssh(node, f"rm -rf {SCRATCH} && install -d -o postgres -m 0700 {SCRATCH}")
 
 
 class Tool:
@@ -494,18 +499,22 @@ class Barman(Tool):
     def __init__(self, compression: str, scale: int) -> None:
         self.compression, self.scale = compression, scale
         self.name = f"{BARMAN} {compression}"
-        self.newest = ""
+        self.newest, self.count = "", 0
+
+    def prepare(self, lab: Lab) -> None:
+        self.forget(lab)  # what an interrupted run left
 
     def _url(self, lab: Lab) -> str:
         return f"--endpoint-url {lab.env['LAB_S3_ENDPOINT']} {barman_url(lab)} {STANZA}"
 
     def backup(self, lab: Lab, kind: str) -> tuple[float, float, float]:
         leader = lab.leader()
-        self.newest = f"bench-{self.scale}-{self.compression}-{kind}"
+        self.count += 1  # a name of its own: barman-cloud-restore refuses a name two backups share
+        self.newest = f"bench-{self.scale}-{self.compression}-{self.count}-{time.time():.0f}"
         base = f"{BARMAN_PREFIX}/{STANZA}/base/"
         before = stored_mb(lab, base)
         compress = "" if self.compression == "none" else f"--{self.compression}"
-        command = _as_postgres(f"env {barman_env()} barman-cloud-backup {compress} -h /var/run/postgresql "
+        command = _as_postgres(f"env {barman_env()} barman-cloud-backup {compress} -h {PG_SOCKET} "
                                f"--immediate-checkpoint -n {self.newest} {self._url(lab)}")
         seconds, cpu = timed(lab, lambda: lab.ssh(leader, command, timeout=7200))
         return seconds, cpu, stored_mb(lab, base) - before
@@ -589,7 +598,7 @@ def tools_for(lab: Lab, scale: int, compressions: list[str] | None, variants: li
 def load_database(lab: Lab, scale: int) -> float:
     """A pgbench database of `scale` on the leader (replacing the last); its size in MB."""
     leader = lab.leader()
-    lab.ssh(leader, _as_postgres(f"{PG_BIN}/pgbench -i -q -s {scale} -h /var/run/postgresql postgres"),
+    lab.ssh(leader, _as_postgres(f"{PG_BIN}/pgbench -i -q -s {scale} -h {PG_SOCKET} postgres"),
             timeout=7200)
     lab.sql(leader, "CHECKPOINT")
     return int(lab.sql(leader, "SELECT sum(pg_database_size(oid)) FROM pg_database")) / 1e6
@@ -647,15 +656,18 @@ def set_archive_command(lab: Lab, command: str, timeout: float = 120) -> None:
 
 
 def barman_archive_command(lab: Lab) -> str:
-    return (f"env {barman_env()} barman-cloud-wal-archive --gzip --endpoint-url {lab.env['LAB_S3_ENDPOINT']} "
-            f"{barman_url(lab)} {STANZA} %p")
+    """barman-cloud-wal-archive as archive_command, with the fastest compression it offers."""
+    helps = lab.ssh(lab.leader(), "barman-cloud-wal-archive --help").stdout
+    compression = next(c for c in BARMAN_WAL_COMPRESSIONS if f"--{c}" in helps)
+    return (f"env {barman_env()} barman-cloud-wal-archive --{compression} --endpoint-url "
+            f"{lab.env['LAB_S3_ENDPOINT']} {barman_url(lab)} {STANZA} %p")
 
 
 def _sample(lab: Lab, leader: str) -> tuple[float, int, int, int]:
     """(the node's time, WAL bytes written so far, segments archived so far, segments waiting)."""
     query = "SELECT pg_current_wal_lsn() - '0/0', archived_count FROM pg_stat_archiver"
     script = (f"date +%s.%N; ls {PG_DATA}/pg_wal/archive_status | grep -c '[.]ready$' || true; " +
-              _as_postgres(f"psql -XAtq -F ' ' -h /var/run/postgresql -c {shlex.quote(query)}"))
+              _as_postgres(f"psql -XAtq -F ' ' -h {PG_SOCKET} -c {shlex.quote(query)}"))
     at, ready, row = lab.ssh(leader, script, timeout=30).stdout.split("\n")[:3]
     lsn, archived = row.split()
     return float(at), int(float(lsn)), int(archived), int(ready)
@@ -675,7 +687,7 @@ def archiving(lab: Lab, tool: str, seconds: float, clients: int = 4) -> dict[str
         leader = lab.leader()
         timeline = int(lab.sql(leader, "SELECT timeline_id FROM pg_control_checkpoint()"))
         lab.switch_wal(leader)
-        load = _as_postgres(f"{PG_BIN}/pgbench -N -c {clients} -j 2 -T {int(seconds) + 600} -h /var/run/postgresql "
+        load = _as_postgres(f"{PG_BIN}/pgbench -N -c {clients} -j 2 -T {int(seconds) + 600} -h {PG_SOCKET} "
                             "postgres")
         lab.ssh(leader, f"systemd-run --quiet --unit=pgbackup-bench-load --collect bash -c {shlex.quote(load)}")
         samples = [_sample(lab, leader)]
@@ -725,7 +737,7 @@ def drill_rto(lab: Lab, wal_gb: float) -> dict[str, float]:
     _backup(lab, leader, "pgbackup-backup-full.service", "full")
     start = wal_since(lab, leader, 0)
     while wal_since(lab, leader, start) < wal_gb * 1e9:
-        lab.ssh(leader, _as_postgres(f"{PG_BIN}/pgbench -N -c 4 -j 2 -T 15 -h /var/run/postgresql postgres"),
+        lab.ssh(leader, _as_postgres(f"{PG_BIN}/pgbench -N -c 4 -j 2 -T 15 -h {PG_SOCKET} postgres"),
                 timeout=120)
     written = wal_since(lab, leader, start)
     lab.wait_archived(lab.switch_wal(leader), timeout=3600)
