@@ -296,8 +296,6 @@ def peers_main(options: argparse.Namespace, argv: list[str]) -> None:
         print(f"regenerated: {document}")
 
 
-if __name__ == "__main__":
-    main()
 
 
 # -- `--peers`: pgbackup against pg_basebackup and Barman's cloud tools, on the running lab (issue 23) --------
@@ -783,3 +781,7 @@ def peers_run(lab: Lab, scales: list[int], compressions: list[str] | None, varia
 
 def _progress_peers(figures: dict[str, Any]) -> None:
     print("lab.bench --peers: " + json.dumps(figures, default=str), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
