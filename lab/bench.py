@@ -20,6 +20,24 @@ backup-standby=prefer, 2.45 without. Measured, in this order:
 5. RTO of the README's point-in-time recovery of the whole cluster (`pgbackup recover`).
 
 Usage: .venv/bin/python -m lab.bench [--release trixie|bookworm] [--scale 70] [--keep]
+
+`--peers` (issue 23; one release, LAB_RELEASE's, on one lab: a fresh one, or the running one with --reuse):
+pgbackup against the tools a team would pick instead, same database, same S3, one run, at each --scale
+(a comma list, e.g. 70,280,560):
+- pg_basebackup of a standby onto its own disk (-Fp -Xs, uncompressed); restore: a copy of that directory;
+- Barman's cloud tools (barman-cloud-backup/-restore into s3://<bucket>/barman-bench, each compression its
+  --help offers; its profile in /etc/pgbackup-bench on the nodes, 0600 postgres, gone at the end);
+- pgBackRest as pgbackup configures it (the scheduled units, from a standby), and the VARIANTS below on the
+  command line into repository paths of their own.
+For each: a full backup, the same CHANGE, a second backup (incremental where the tool has one: Barman's cloud
+backups and pg_basebackup are full only, their second is another full), a restore of the newest into a scratch
+directory on a replica; seconds, MB/s of database, MB stored, the nodes' CPU seconds (their cgroups). Then the
+whole-cluster recovery at each size; archiving under pgbench -N for --load-seconds with pgbackup's
+archive_command, then with barman-cloud-wal-archive's (Patroni's dynamic configuration, put back after), each
+ended by the leader's power cut (RPO); the drill's RTO after --wal-gb of WAL. The figures go to --out (JSON)
+and the terminal; --markdown rewrites the performance section between its markers.
+
+  LAB_RELEASE=trixie .venv/bin/python -m lab.bench --peers --scale 70,280,560 --markdown
 """
 
 from __future__ import annotations
@@ -376,6 +394,12 @@ def stored_mb(lab: Lab, prefix: str) -> float:
     return sum(s3_objects(lab, prefix).values()) / 1e6
 
 
+def stored_since(lab: Lab, prefix: str, before: dict[str, int]) -> float:
+    """MB of the objects under `prefix` that were not there `before` (s3_objects): what a backup stored,
+    whatever its expiry removed meanwhile and whatever it rewrote (backup.info)."""
+    return sum(size for key, size in s3_objects(lab, prefix).items() if key not in before) / 1e6
+
+
 def delete_prefix(lab: Lab, prefix: str) -> None:
     bucket, _ = bucket_and_prefix(lab)
     keys = list(s3_objects(lab, prefix))
@@ -510,12 +534,12 @@ class Barman(Tool):
         self.count += 1  # a name of its own: barman-cloud-restore refuses a name two backups share
         self.newest = f"bench-{self.scale}-{self.compression}-{self.count}-{time.time():.0f}"
         base = f"{BARMAN_PREFIX}/{STANZA}/base/"
-        before = stored_mb(lab, base)
+        before = s3_objects(lab, base)
         compress = "" if self.compression == "none" else f"--{self.compression}"
         command = _as_postgres(f"env {barman_env()} barman-cloud-backup {compress} -h {PG_SOCKET} "
                                f"--immediate-checkpoint -n {self.newest} {self._url(lab)}")
         seconds, cpu = timed(lab, lambda: lab.ssh(leader, command, timeout=7200))
-        return seconds, cpu, stored_mb(lab, base) - before
+        return seconds, cpu, stored_since(lab, base, before)
 
     def restore(self, lab: Lab) -> tuple[float, float]:
         node = lab.replicas()[0]
@@ -552,7 +576,7 @@ class PgBackRest(Tool):
     def backup(self, lab: Lab, kind: str) -> tuple[float, float, float]:
         leader = lab.leader()
         prefix = self._path(lab).lstrip("/") + "/backup/"
-        before = stored_mb(lab, prefix)
+        before = s3_objects(lab, prefix)
         if self.variant is None:
             unit = f"pgbackup-backup-{kind}.service"
             seconds, cpu = timed(lab, lambda: lab.ssh(leader, f"systemctl start {unit}", timeout=7200))
@@ -562,7 +586,7 @@ class PgBackRest(Tool):
         else:
             args = f"{self._options(lab)} --no-archive-check --type={kind} --log-level-console=warn backup"
             seconds, cpu = timed(lab, lambda: lab.pgbackrest(leader, args, timeout=7200))
-        return seconds, cpu, stored_mb(lab, prefix) - before
+        return seconds, cpu, stored_since(lab, prefix, before)
 
     def restore(self, lab: Lab) -> tuple[float, float]:
         node = lab.replicas()[0]
