@@ -290,6 +290,8 @@ def peers_main(options: argparse.Namespace, argv: list[str]) -> None:
         scales = benchfmt.parse_scales(options.scale)
         wal_gbs = benchfmt.parse_list(options.wal_gb, float, "--wal-gb") if options.wal_gb else []
         compressions = options.barman.split(",") if options.barman else None
+        if compressions and any(c not in (*BARMAN_COMPRESSIONS, "none") for c in compressions):
+            raise ValueError(f"--barman: known ones are none,{','.join(BARMAN_COMPRESSIONS)}, got {options.barman!r}")
         variants = options.variants.split(",") if options.variants is not None else None
         variants = [v for v in variants if v] if variants is not None else None
         if variants and any(v not in VARIANTS for v in variants):
@@ -565,9 +567,14 @@ class PgBackRest(Tool):
         _, prefix = bucket_and_prefix(lab)
         return f"/{prefix}" if self.variant is None else f"/{prefix}/bench-{self.variant}"
 
-    def _options(self, lab: Lab) -> str:
+    def _options(self, lab: Lab, command: str = "backup") -> str:
+        """The variant's repository and options; for a restore only those it takes (pgBackRest refuses
+        --compress-*, --archive-check, --repo1-block on restore's command line): --process-max."""
         assert self.variant is not None
-        return f"--repo=1 --repo1-path={self._path(lab)} {VARIANTS[self.variant]}"
+        options = VARIANTS[self.variant].split()
+        if command == "restore":
+            options = [option for option in options if option.startswith("--process-max=")]
+        return " ".join([f"--repo=1 --repo1-path={self._path(lab)}", *options])
 
     def prepare(self, lab: Lab) -> None:
         if self.variant is not None:
@@ -591,7 +598,7 @@ class PgBackRest(Tool):
     def restore(self, lab: Lab) -> tuple[float, float]:
         node = lab.replicas()[0]
         _fresh_scratch(lab, node)
-        repo = "" if self.variant is None else self._options(lab)
+        repo = "" if self.variant is None else self._options(lab, "restore")
         args = f"{repo} --pg1-path={SCRATCH} --archive-mode=off --log-level-console=warn restore"
         return timed(lab, lambda: lab.pgbackrest(node, args, timeout=7200))
 

@@ -188,7 +188,40 @@ def test_bad_peers_options_stop_before_the_lab_is_touched(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(bench, "start_lab", no_lab)
     for args, expected in ((["--scale", "70,x"], "--scale"), (["--wal-gb", "2,0.5"], "--wal-gb"),
-                           (["--variants", "pm9"], "--variants")):
+                           (["--variants", "pm9"], "--variants"), (["--barman", "gzip,snappy"], "--barman")):
         monkeypatch.setattr(sys, "argv", ["lab.bench", "--peers", *args])
         with pytest.raises(SystemExit, match=f"lab.bench: {expected}"):
             bench.main()
+
+
+def test_pgbackrest_takes_every_variants_options(tmp_path: Path) -> None:
+    """pgBackRest's own option parser (this host's) on each variant's backup and restore command lines, as the
+    lab runs them: it refuses a backup-only option on restore's ("[031]: option 'compress-level' not valid for
+    command 'restore'"), and repo1-block without repo1-bundle."""
+    from lab import bench
+
+    class Lab:
+        def stack(self) -> dict[str, Any]:
+            return {"pgbackup:storage": {"bucket": "b", "repoPath": "/lab"}}
+
+    lab: Any = Lab()
+    pgbackrest = shutil.which("pgbackrest")
+    assert pgbackrest, "pgbackrest (make setup) parses the variants' options"
+    version = subprocess.run([pgbackrest, "version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    # What the nodes' configuration sets that the variants override (bundle and block from 2.54 on, where
+    # tools_for offers "nobundle"; before, block incremental is a beta option).
+    since_2_54 = version >= "2.54"
+    config = tmp_path / "pgbackrest.conf"
+    config.write_text("[global]\nprocess-max=2\ncompress-type=zst\n"
+                      + ("repo1-bundle=y\nrepo1-block=y\n" if since_2_54 else ""))
+    for variant in [v for v in bench.VARIANTS if v != "nobundle" or since_2_54]:
+        tool = bench.PgBackRest(variant)
+        for command, options in (("backup", f"{tool._options(lab)} --no-archive-check --type=incr"),
+                                 ("restore", tool._options(lab, "restore"))):
+            argv = [pgbackrest, f"--config={config}", "--stanza=x", f"--lock-path={tmp_path}",
+                    f"--log-path={tmp_path}", "--repo1-type=posix", f"--pg1-path={tmp_path / 'pg'}",
+                    "--log-level-console=error", *options.split(), command]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            assert "[031]" not in result.stdout + result.stderr, (variant, command, result.stdout + result.stderr)
+            assert "stanza" in (result.stdout + result.stderr).lower() or "backup.info" in result.stdout + result.stderr
+    assert bench.PgBackRest("pm4")._options(lab, "restore") == "--repo=1 --repo1-path=/lab/bench-pm4 --process-max=4"
