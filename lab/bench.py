@@ -322,6 +322,7 @@ def peers_main(options: argparse.Namespace, argv: list[str]) -> None:
 # Every function below takes a running Lab and builds none: `main` starts one, the lab smoke
 # (tests/lab/test_bench.py) passes the session's.
 
+DEBIAN = {"trixie": "13", "bookworm": "12"}
 SEGMENT = 16 * 1024 * 1024  # wal_segment_size: the lab's PostgreSQL default
 BENCH_DIR = "/etc/pgbackup-bench"  # on the nodes: root:postgres 0750, Barman's AWS profile and pg_basebackup's pgpass
 SCRATCH = "/var/tmp/bench-restore"  # noqa: S108 -- inside a lab node
@@ -763,7 +764,11 @@ def drill_rto(lab: Lab, wal_gb: float) -> dict[str, float]:
     """A full backup, then `wal_gb` GB of WAL written by pgbench -N and archived, then the restore drill
     (pgbackup-drill.service, restore and replay to a ready copy): its RTO."""
     leader = lab.leader()
-    _backup(lab, leader, "pgbackup-backup-full.service", "full")
+    # Not _backup: its count of backups does not grow when retention expires the oldest full meanwhile.
+    lab.ssh(leader, "systemctl start pgbackup-backup-full.service", timeout=7200)
+    result = lab.ssh(leader, "systemctl show -p Result --value pgbackup-backup-full.service").stdout.strip()
+    if result != "success":
+        raise RuntimeError(f"pgbackup-backup-full.service on {leader}: Result={result}")
     start = wal_since(lab, leader, 0)
     while wal_since(lab, leader, start) < wal_gb * 1e9:
         lab.ssh(leader, _as_postgres(f"{PG_BIN}/pgbench -N -c 4 -j 2 -T 15 -h {PG_SOCKET} postgres"),
@@ -784,7 +789,7 @@ def peers_run(lab: Lab, scales: list[int], compressions: list[str] | None, varia
     archiving under load with each archive_command, the drill against WAL to replay."""
     figures: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": benchfmt.machine(),
-        "release": f"{FACTS['suite']} ({RELEASE})", "pg": FACTS["pg_version"],
+        "release": f"{DEBIAN.get(RELEASE, '?')} ({RELEASE})", "pg": FACTS["pg_version"],
         "pgbackrest": lab.ssh(lab.leader(), _as_postgres("pgbackrest version")).stdout.split()[-1],
         "barman": barman_version(lab), "scales": [], "drill": []}
     prepare_nodes(lab)

@@ -185,7 +185,9 @@ def markdown(figures: dict[str, Any]) -> str:
            f"{figures['barman']}; {m['nproc']} processors, {m['memory_gb']} GB of memory, {m['cpu']}. The lab's "
            "three nodes, S3 (moto behind nginx) and the runs all share this machine. CPU seconds: the three "
            "nodes' cgroups together while the command ran. Barman's cloud backups and pg_basebackup are full "
-           "only: their \"incr\" columns are a second full backup after the same change \"(full)\".", ""]
+           "only: their \"incr\" columns are a second full backup after the same change \"(full)\". The last row "
+           "of each table: Barman's best (over its compressions) divided by pgbackup's; above 1, pgbackup is "
+           "faster, stores less or uses less CPU (the target for backup and restore: 1.5).", ""]
     for scale in figures["scales"]:
         rows = tool_rows(scale["tools"])
         out += [f"pgbench scale {scale['scale']}, {scale['db_mb']:.0f} MB:", "",

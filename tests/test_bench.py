@@ -125,7 +125,7 @@ def full_figures() -> dict[str, Any]:
     small = figures_of_one_size()
     large = {**figures_of_one_size(), "scale": 280, "db_mb": 4000.0}
     small["pitr_s"], large["pitr_s"] = 34.0, 100.0
-    return {"command": "--peers --scale 70,280", "date": "2026-12-06", "release": "trixie (trixie)", "pg": "17",
+    return {"command": "--peers --scale 70,280", "date": "2026-12-06", "release": "13 (trixie)", "pg": "17",
             "pgbackrest": "2.55.1", "barman": "3.13.3",
             "machine": {"nproc": 2, "memory_gb": 7.8, "cpu": "AMD EPYC"}, "scales": [small, large],
             "archiving": {"pgbackup": {"seconds": 60, "wal_mb_s": 20.5, "archived_per_s": 1.2,
