@@ -323,6 +323,7 @@ def peers_main(options: argparse.Namespace, argv: list[str]) -> None:
 # (tests/lab/test_bench.py) passes the session's.
 
 DEBIAN = {"trixie": "13", "bookworm": "12"}
+PGBACKREST_VERSION = "cd /tmp && runuser -u postgres -- pgbackrest version"
 SEGMENT = 16 * 1024 * 1024  # wal_segment_size: the lab's PostgreSQL default
 BENCH_DIR = "/etc/pgbackup-bench"  # on the nodes: root:postgres 0750, Barman's AWS profile and pg_basebackup's pgpass
 SCRATCH = "/var/tmp/bench-restore"  # noqa: S108 -- inside a lab node
@@ -509,7 +510,7 @@ class PgBaseBackup(Tool):
     def restore(self, lab: Lab) -> tuple[float, float]:
         node = lab.replicas()[0]
         _fresh_scratch(lab, node)
-        return timed(lab, lambda: lab.ssh(node, f"cp -a {BASEBACKUP}/. {SCRATCH}/", timeout=7200))
+        return timed(lab, lambda: lab.ssh(node, _as_postgres(f"cp -a {BASEBACKUP}/. {SCRATCH}/"), timeout=7200))
 
     def forget(self, lab: Lab) -> None:
         lab.ssh(lab.replicas()[0], f"rm -rf {BASEBACKUP} {SCRATCH}")
@@ -616,7 +617,7 @@ def tools_for(lab: Lab, scale: int, compressions: list[str] | None, variants: li
     unknown = [c for c in chosen if c != "none" and c not in offered]
     if unknown:
         raise ValueError(f"--barman: {unknown} not offered by this barman-cloud-backup (it offers {offered})")
-    version = lab.ssh(lab.leader(), _as_postgres("pgbackrest version")).stdout.split()[-1]
+    version = lab.ssh(lab.leader(), PGBACKREST_VERSION).stdout.split()[-1]
     if variants is None:
         variants = [v for v in VARIANTS if v != "nobundle" or version >= "2.54"]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -790,7 +791,7 @@ def peers_run(lab: Lab, scales: list[int], compressions: list[str] | None, varia
     figures: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": benchfmt.machine(),
         "release": f"{DEBIAN.get(RELEASE, '?')} ({RELEASE})", "pg": FACTS["pg_version"],
-        "pgbackrest": lab.ssh(lab.leader(), _as_postgres("pgbackrest version")).stdout.split()[-1],
+        "pgbackrest": lab.ssh(lab.leader(), PGBACKREST_VERSION).stdout.split()[-1],
         "barman": barman_version(lab), "scales": [], "drill": []}
     prepare_nodes(lab)
     try:
