@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 # The markers the performance section's generated part lies between (docs/performance.md, or README.md).
-BEGIN = "<!-- BEGIN generated: lab.bench --peers; run `python -m lab.bench --peers --markdown` -->"
-END = "<!-- END generated: lab.bench --peers -->"
+BEGIN = "<!-- BEGIN lab.bench figures: run `python -m lab.bench --peers --markdown` -->"
+END = "<!-- END lab.bench figures -->"
 PGBACKUP = "pgbackup"  # the tool name of pgBackRest as pgbackup configures it (the scheduled units)
 BARMAN = "barman-cloud"  # tool names of Barman's cloud tools start with this ("barman-cloud gzip")
 RTO_DESIGN_S = 30 * 60  # the design's whole-cluster RTO
