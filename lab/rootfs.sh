@@ -11,9 +11,10 @@ lab_lock
 # Bump ROOTFS_VERSION whenever the recipe below changes in a way the package lists do not show.
 ROOTFS_VERSION=4
 BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,ca-certificates,curl,sudo,less
-# barman-cli-cloud and the compressors its --lz4/--zstd need (3.13 on trixie; 3.4 on bookworm has neither
-# option): the peer `python -m lab.bench --peers` measures pgbackup against. python3-snappy is left out: its
-# 0.5.3 fails on Python >= 3.10 ("PY_SSIZE_T_CLEAN macro must be defined").
+# barman-cli-cloud (3.13 on trixie, 3.4 on bookworm), the peer `python -m lab.bench --peers` measures pgbackup
+# against, and the modules of barman-cloud-wal-archive's --zstd/--lz4 (3.13; its backups offer gzip, bzip2 and
+# snappy only). python3-snappy is left out: its 0.5.3 fails on Python >= 3.10 ("PY_SSIZE_T_CLEAN macro must be
+# defined").
 NODE_PACKAGES="postgresql-$LAB_PG_VERSION postgresql-client-$LAB_PG_VERSION patroni python3-etcd python3-psycopg2 jq procps rsync"
 NODE_PACKAGES="$NODE_PACKAGES barman-cli-cloud python3-zstandard python3-lz4"
 
