@@ -11,7 +11,12 @@ lab_lock
 # Bump ROOTFS_VERSION whenever the recipe below changes in a way the package lists do not show.
 ROOTFS_VERSION=4
 BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,ca-certificates,curl,sudo,less
+# barman-cli-cloud (3.13 on trixie, 3.4 on bookworm), the peer `python -m lab.bench --peers` measures pgbackup
+# against, and the modules of barman-cloud-wal-archive's --zstd/--lz4 (3.13; its backups offer gzip, bzip2 and
+# snappy only). python3-snappy is left out: its 0.5.3 fails on Python >= 3.10 ("PY_SSIZE_T_CLEAN macro must be
+# defined").
 NODE_PACKAGES="postgresql-$LAB_PG_VERSION postgresql-client-$LAB_PG_VERSION patroni python3-etcd python3-psycopg2 jq procps rsync"
+NODE_PACKAGES="$NODE_PACKAGES barman-cli-cloud python3-zstandard python3-lz4"
 
 key=$(printf '%s|%s|%s|%s' "$ROOTFS_VERSION" "$LAB_SUITE" "$BASE_PACKAGES" "$NODE_PACKAGES" | sha256sum | cut -c1-12)
 # The key covers the release (its suite and package list): bookworm and trixie images are cached side by side.
