@@ -56,8 +56,9 @@ lab: setup-lab ## build and boot the lab, apply the program to it, print the sta
 	lab/up.sh
 	$(PY) -m lab.driver up
 
-lab-test: setup-lab ## the end-to-end tests against the lab (root; builds and tears down the lab)
-	$(PY) -m pytest -m lab -q --durations=20 --durations-min=30
+LAB_TESTS ?= lab
+lab-test: setup-lab ## the end-to-end tests against the lab (root; builds and tears down the lab; LAB_TESTS: a -m expression)
+	$(PY) -m pytest -m "$(LAB_TESTS)" -q --durations=20 --durations-min=30
 
 lab-down: ## stop the lab (keeps the cached node image)
 	lab/down.sh

@@ -13,6 +13,10 @@ from lab.control import RELEASE, Lab, start_lab, stop_lab
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "releases(*names): lab releases the test is for (default: every one)")
+    config.addinivalue_line(
+        "markers", "same_on_every_release: what the test proves does not depend on the release's PostgreSQL, "
+                   "Patroni or pgBackRest (the program's own logic, SSH, S3 keys): CI runs it on Debian 13 only "
+                   "(.ci/run: Debian 12 runs `lab and not same_on_every_release`)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

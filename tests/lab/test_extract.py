@@ -161,6 +161,7 @@ def test_a_dropped_table_comes_back_as_it_was_and_the_cluster_sees_nothing(lab: 
     assert patroni_history(lab, leader) == history
 
 
+@pytest.mark.same_on_every_release
 def test_an_extract_interrupted_during_its_restore_leaves_nothing_on_the_node(lab: Lab, tmp_path: Path) -> None:
     leader, chosen = lab.leader(), extract_node(lab)
     # Enough data in the database that its restore takes a while.

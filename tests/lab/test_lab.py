@@ -187,6 +187,7 @@ def test_backup_age_check_critical_past_the_threshold(lab: Lab) -> None:
     assert run_check(lab, leader, "backup-age")[0] == 0
 
 
+@pytest.mark.same_on_every_release
 def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None:
     leader = lab.leader()
     started = time.monotonic()
@@ -209,6 +210,7 @@ def test_wal_archive_check_critical_on_the_leader_with_s3_down(lab: Lab) -> None
     assert code == 0, message
 
 
+@pytest.mark.same_on_every_release
 def test_consul_definition_written_reloaded_and_removed(lab: Lab) -> None:
     stack = copy.deepcopy(lab.stack())
     stack["pgbackup:monitoring"] = {"consul": True}
@@ -406,6 +408,7 @@ def with_retention_full(lab: Lab, full: int) -> dict[str, Any]:
     return stack
 
 
+@pytest.mark.same_on_every_release
 def test_a_postgres_shell_cannot_turn_the_files_step_into_root(lab: Lab) -> None:
     """Issue 8.1. On a node an older pgbackup set up, /etc/pgbackrest belonged to postgres: postgres swaps
     pgbackrest.conf for a link to a file of its own and makes pgbackrest.conf.pgbackup-prev a link to
@@ -437,6 +440,7 @@ def test_a_postgres_shell_cannot_turn_the_files_step_into_root(lab: Lab) -> None
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
 
 
+@pytest.mark.same_on_every_release
 def test_a_node_answering_with_another_host_key_is_sent_nothing(lab: Lab) -> None:
     """Issue 8.2: the host key every node pins is checked before anything (the manifest with the S3 secret
     and the passphrase) is sent: a node whose sshd presents another key fails the apply, named."""
@@ -475,6 +479,7 @@ def test_a_node_answering_with_another_host_key_is_sent_nothing(lab: Lab) -> Non
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0
 
 
+@pytest.mark.same_on_every_release
 def test_a_retention_change_reruns_only_what_depends_on_it(lab: Lab) -> None:
     stack = lab.stack()
     stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "full": 3}
@@ -486,6 +491,7 @@ def test_a_retention_change_reruns_only_what_depends_on_it(lab: Lab) -> None:
     assert lab.apply()["outputs"]["stanzaStatus"]["code"] == 0  # back to Pulumi.lab.yaml
 
 
+@pytest.mark.same_on_every_release
 def test_monthly_archives_turned_off_then_on_again(lab: Lab) -> None:
     stack = copy.deepcopy(lab.stack())
     stack["pgbackup:retention"] = {**stack["pgbackup:retention"], "monthly": 0}
@@ -671,6 +677,7 @@ def archiver(lab: Lab, node: str) -> tuple[int, int]:
     return int(archived), int(failed)
 
 
+@pytest.mark.same_on_every_release
 def test_key_rotation_loses_no_archive_and_the_old_key_is_refused(lab: Lab) -> None:
     """storage.keyGeneration against an S3 that checks signatures, with the key made by the program (an
     administrator's credentials for `pulumi up`): while a writer switches WAL segments continuously, the

@@ -157,6 +157,7 @@ def test_recover_refuses_a_target_outside_the_repository_and_touches_nothing(lab
     no_recovery_state(lab)
 
 
+@pytest.mark.same_on_every_release
 def test_recover_interrupted_after_its_third_step_carries_on_when_run_again(lab: Lab) -> None:
     leader = lab.leader()
     target = lab.rows_around_a_target(leader, "interrupted_pitr")
