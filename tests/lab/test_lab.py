@@ -866,6 +866,7 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         time.sleep(2)
 
         # The intruder: the leader's own key, every object under the prefix deleted by name.
+        labels_before = [b["label"] for b in backups(lab)]
         stolen = node_key(lab, leader)
         intruder = s3.client_as(*stolen)
         names = [o["Key"] for page in intruder.get_paginator("list_objects_v2").paginate(
@@ -909,7 +910,6 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         # removes the delete markers written after the time the repository was whole (pgBackRest's own deletes
         # stay deleted), waits for `check` while the WAL PostgreSQL kept goes out, and takes the full backups
         # (repo1, and repo2 in its prefix) through the backup units.
-        before = len(backups(lab))
         undelete_started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         undeleted = lab.pgbackup("repository", "undelete", "--before", before_deletion, stack=stack, env=admin,
                                  timeout=1800)
@@ -931,8 +931,11 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         for secret in admin.values():
             assert secret not in out + undeleted.stderr
         assert lab.info(leader)["status"]["code"] == 0
-        assert len(backups(lab)) == before + 1
-        assert backups(lab)[-1]["type"] == "full"
+        # The backups from before the deletion show again (those retention keeps after the new full), then the
+        # new full backup.
+        *shown_again, newest = backups(lab)
+        assert newest["type"] == "full" and newest["label"] not in labels_before, (newest, labels_before)
+        assert shown_again and {b["label"] for b in shown_again} <= set(labels_before), (shown_again, labels_before)
         # Nothing written before the deletion or while archiving failed is missing from the repository.
         counts = lab.restored_copy_says(lab.replicas()[0], "--repo=1 --type=default",
                                         "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
