@@ -934,8 +934,10 @@ def test_a_repository_deleted_with_the_nodes_key_restores_as_it_was(lab: Lab) ->
         # The backups from before the deletion show again (those retention keeps after the new full), then the
         # new full backup.
         *shown_again, newest = backups(lab)
-        assert newest["type"] == "full" and newest["label"] not in labels_before, (newest, labels_before)
-        assert shown_again and {b["label"] for b in shown_again} <= set(labels_before), (shown_again, labels_before)
+        assert newest["type"] == "full", newest
+        assert newest["label"] not in labels_before, (newest, labels_before)
+        assert shown_again, labels_before
+        assert {b["label"] for b in shown_again} <= set(labels_before), (shown_again, labels_before)
         # Nothing written before the deletion or while archiving failed is missing from the repository.
         counts = lab.restored_copy_says(lab.replicas()[0], "--repo=1 --type=default",
                                         "SELECT batch || '=' || count(*) FROM immutable GROUP BY batch ORDER BY batch")
