@@ -20,6 +20,9 @@ from components.render import render_values
 # The helper every script run as root on a node starts with (templates/scripts/_rootsafe.sh.j2): the only way
 # those scripts create, write, rename or remove a path (docs/security.md).
 ROOTSAFE = render_values("scripts/_rootsafe.sh.j2", {})
+# The most output the command keeps of one script's stdout or stderr: `pgbackrest info --output=json` of a
+# large repository is a few MB; a node sending more is refused rather than read into memory without end.
+OUTPUT_LIMIT = 64 << 20
 
 
 def script_text(script: str) -> str:
@@ -93,7 +96,52 @@ class Node:
     def run(self, script: str, stdin: str = "", timeout: float = 600,
             on_output: Callable[[str], None] | None = None) -> Result:
         """`script` through `bash -c` (script_text: strict mode and the root-safe helper first). Output is
-        collected, and passed line by line to `on_output` as it comes when given."""
+        collected (at most OUTPUT_LIMIT bytes of each stream: more is a RemoteError), and passed line by line
+        to `on_output` as it comes when given."""
+        out, err, pending = bytearray(), bytearray(), b""
+
+        def stdout(chunk: bytes) -> None:
+            nonlocal pending
+            if len(out) + len(chunk) > OUTPUT_LIMIT:
+                raise RemoteError(f"{self.name}: more than {OUTPUT_LIMIT} bytes of output: refused")
+            out.extend(chunk)
+            if on_output is not None:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_output(line.decode(errors="replace"))
+
+        def stderr(chunk: bytes) -> None:
+            err.extend(chunk[:max(0, OUTPUT_LIMIT - len(err))])
+
+        status = self._exchange(script, stdin, timeout, stdout, stderr, pause=0.05)
+        if on_output is not None and pending:
+            on_output(pending.decode(errors="replace"))
+        return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def stream(self, script: str, sink: BinaryIO, limit: int, timeout: float = 3600) -> Result:
+        """`script` as run(), its stdout's bytes written to `sink` as they come, at most `limit` of them (more
+        is a RemoteError, the session closed); stderr collected (at most 64 KiB)."""
+        received, err = 0, bytearray()
+
+        def stdout(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            if received > limit:
+                raise RemoteError(f"{self.name}: sent more than the {limit} bytes expected: refused")
+            sink.write(chunk)
+
+        def stderr(chunk: bytes) -> None:
+            err.extend(chunk[:max(0, 65536 - len(err))])
+
+        status = self._exchange(script, "", timeout, stdout, stderr, pause=0.02)
+        return Result(status, "", err.decode(errors="replace"))
+
+    def _exchange(self, script: str, stdin: str, timeout: float, stdout: Callable[[bytes], None],
+                  stderr: Callable[[bytes], None], pause: float) -> int:
+        """One SSH session: `script` run (script_text), `stdin` sent, each chunk of stdout and stderr handed to
+        its callback as it comes (a callback raising ends the session); the exit status. `timeout` seconds at
+        most; the session is closed whatever happens."""
         command = "bash -c " + shlex.quote(script_text(script))
         client = self._client()
         try:
@@ -104,69 +152,22 @@ class Node:
             if stdin:
                 channel.sendall(stdin.encode())
             channel.shutdown_write()
-            out, err, pending = bytearray(), bytearray(), b""
             deadline = time.monotonic() + timeout
             while True:
                 got = False
                 if channel.recv_ready():
-                    chunk = channel.recv(65536)
-                    out += chunk
+                    stdout(channel.recv(1 << 20))
                     got = True
-                    if on_output is not None:
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            on_output(line.decode(errors="replace"))
                 if channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
+                    stderr(channel.recv_stderr(65536))
                     got = True
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if time.monotonic() > deadline:
                     raise RemoteError(f"{self.name}: no end after {timeout:.0f} s")
                 if not got:
-                    time.sleep(0.05)
-            if on_output is not None and pending:
-                on_output(pending.decode(errors="replace"))
-            return Result(channel.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
-        except (OSError, paramiko.SSHException) as error:
-            raise RemoteError(f"{self.name}: the SSH session broke: {error}") from None
-        finally:
-            client.close()
-
-    def stream(self, script: str, sink: BinaryIO, limit: int, timeout: float = 3600) -> Result:
-        """`script` as run(), its stdout's bytes written to `sink` as they come, at most `limit` of them (more
-        is a RemoteError, the session closed); stderr collected (at most 64 KiB)."""
-        command = "bash -c " + shlex.quote(script_text(script))
-        client = self._client()
-        try:
-            transport = client.get_transport()
-            assert transport is not None
-            channel = transport.open_session()
-            channel.exec_command(command)
-            channel.shutdown_write()
-            received, err = 0, bytearray()
-            deadline = time.monotonic() + timeout
-            while True:
-                got = False
-                if channel.recv_ready():
-                    chunk = channel.recv(1 << 20)
-                    received += len(chunk)
-                    if received > limit:
-                        raise RemoteError(f"{self.name}: sent more than the {limit} bytes expected: refused")
-                    sink.write(chunk)
-                    got = True
-                if channel.recv_stderr_ready():
-                    chunk = channel.recv_stderr(65536)
-                    err += chunk[:max(0, 65536 - len(err))]
-                    got = True
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if time.monotonic() > deadline:
-                    raise RemoteError(f"{self.name}: no end after {timeout:.0f} s")
-                if not got:
-                    time.sleep(0.02)
-            return Result(channel.recv_exit_status(), "", err.decode(errors="replace"))
+                    time.sleep(pause)
+            return int(channel.recv_exit_status())
         except (OSError, paramiko.SSHException) as error:
             raise RemoteError(f"{self.name}: the SSH session broke: {error}") from None
         finally:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from components.layout import PATHS
-from pgbackup_cli import cli, extract
+from pgbackup_cli import cli, extract, remote
 from pgbackup_cli.remote import Node, RemoteError, Result, script_text
 from tests.harness import HEALTHY_INFO
 from tests.test_drill import CASES, monthly_run, scripts  # noqa: F401 -- the drill programs' fixtures
@@ -271,3 +271,21 @@ def test_the_stream_refuses_more_bytes_than_announced(tmp_path: Path, monkeypatc
     sent[0] = b"x" * 101
     with open(tmp_path / "more", "wb") as sink, pytest.raises(RemoteError, match="more than the 100 bytes"):
         node.stream("cat", sink, limit=100)
+
+
+def test_a_scripts_output_is_bounded_and_its_lines_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node.run shares the session loop with stream: its output is collected whole up to OUTPUT_LIMIT (lines
+    handed to on_output as they come), and a node sending more is refused, not read into memory without end."""
+    node = Node(SimpleNamespace(name="pg2"), None)  # type: ignore[arg-type]
+    sent = [b""]
+    client = SimpleNamespace(get_transport=lambda: SimpleNamespace(open_session=lambda: Channel(sent[0])),
+                             close=lambda: None)
+    monkeypatch.setattr(node, "_client", lambda: client)
+    monkeypatch.setattr(remote, "OUTPUT_LIMIT", 1000)
+    sent[0] = b"one\ntwo\n" + b"x" * 900
+    lines: list[str] = []
+    result = node.run("true", on_output=lines.append)
+    assert (result.status, result.out, lines) == (0, "one\ntwo\n" + "x" * 900, ["one", "two", "x" * 900])
+    sent[0] = b"x" * 1001
+    with pytest.raises(RemoteError, match="more than 1000 bytes of output"):
+        node.run("true")
