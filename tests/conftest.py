@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.providers import ADMIN_ENV, admin_env
 from pgbackup_testkit.adversary import NodeSandbox
+from pgbackup_testkit.standins import Patroni
 
 # pgbackup:offsite's administrator's key, as the environment of `pulumi up` holds it (PGBACKUP_OFFSITE_*): sentinel
 # values, so a test can show where they go (and where they never go). repo1's variables are left unset.
@@ -33,3 +34,14 @@ def node_sandbox() -> Iterator[NodeSandbox]:
         yield box
     finally:
         box.remove()
+
+
+
+@pytest.fixture(scope="module")
+def patroni() -> Iterator[Patroni]:
+    """A stand-in for Patroni's REST API (/primary, /cluster), one per test module."""
+    api = Patroni()
+    try:
+        yield api
+    finally:
+        api.close()

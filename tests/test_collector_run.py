@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,6 @@ INFO = [{"name": "main", "status": {"code": 0}, "archive": [], "backup": [
     {"label": "I2", "type": "incr", "timestamp": {"start": 3000, "stop": 3050}, "database": DB1},
     {"label": "M1", "type": "full", "timestamp": {"start": 2000, "stop": 2200}, "database": DB2},
 ]}]
-
-
-@pytest.fixture(scope="module")
-def patroni() -> Iterator[Patroni]:
-    api = Patroni()
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 class Collector:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ UNITS = "/etc/systemd/system/"
 @pytest.fixture(scope="module")
 def monthly_run() -> Run:
     return run_program(stack_config(retention={"full": 4, "monthly": 12}))
-
-
-@pytest.fixture(scope="module")
-def patroni() -> Iterator[Patroni]:
-    api = Patroni()
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 def directives(unit: str) -> list[tuple[str, str, str]]:
