@@ -36,7 +36,10 @@ TIMEOUT = 20
 STUB_RUNUSER = '#!/bin/bash\nwhile [[ $# -gt 0 && $1 != -- ]]; do shift; done\nshift\nexec "$@"\n'
 INFO = [{"name": "main", "status": {"code": 0},
          "backup": [{"type": "full", "timestamp": {"start": 1795660000, "stop": 1795669200},
-                     "database": {"id": 1, "repo-key": 1}}], "archive": []}]
+                     "database": {"id": 1, "repo-key": 1},
+                     "info": {"size": 33554432, "delta": 33554432,
+                              "repository": {"size": 4194304, "delta": 4194304, "delta-map": 96}}}],
+         "archive": []}]
 STUB_PGBACKREST = f"#!/bin/bash\ncat <<'JSON'\n{json.dumps(INFO)}\nJSON\n"
 STATE = {"time": "2026-11-26T05:00:00Z", "ok": True, "node": "pg1",
          "errors": {"checksum": 0, "missing_wal": 0, "other": 0},
@@ -324,6 +327,7 @@ def test_the_collector_on_the_leader_judges_a_hostile_cluster_document_quickly(
         assert result.returncode == 0, result.stderr
         written = Path(box.paths.metrics_file).read_text()
         assert 'pgbackrest_is_leader{stanza="main"} 1' in written
+        assert 'pgbackrest_repository_backup_bytes{stanza="main",repo="1"} 4194400' in written  # checked below
         check = subprocess.run(["promtool", "check", "metrics"], input=written, capture_output=True, text=True,
                                check=False)
         assert check.returncode in (0, 3), check.stdout + check.stderr  # 3: lint only (the older _count names)
