@@ -133,6 +133,29 @@ def _backups(limits: Thresholds, monthly: bool) -> list[stat.Panel | timeseries.
                 "backup holds it.",
                 [_query(f"max by (repo) (pgbackup_drill_restored_bytes{{{STANZA}}} and {NEWEST_DRILL})",
                         "repo{{repo}}")], "bytes"),
+        _series("Backups over time: size, by repository and type",
+                "For the newest backup of each type in each repository (a step is a new backup): the database it "
+                "was taken of (pgBackRest info's size) and what it stored in the repository (its repository "
+                "delta, compressed; a full backup stores everything, diff and incr the changed files).",
+                [_query(f"max by (repo, type) (pgbackrest_last_backup_size_bytes{{{STANZA}}})",
+                        "repo{{repo}} {{type}} database"),
+                 _query(f"max by (repo, type) (pgbackrest_last_backup_repository_bytes{{{STANZA}}})",
+                        "repo{{repo}} {{type}} stored", ref="B")], "bytes"),
+        _series("Backups over time: duration, by repository and type",
+                "How long the newest backup of each type in each repository took, from its start to its stop.",
+                [_query(f"max by (repo, type) (pgbackrest_last_backup_duration_seconds{{{STANZA}}})",
+                        "repo{{repo}} {{type}}")], "s"),
+        _stat("Storage, by repository",
+              "Bytes the backups each repository holds take there now (the sum of what each stored). Archived "
+              "WAL is not counted.",
+              [_query(f"max by (repo) (pgbackrest_repository_backup_bytes{{{STANZA}}})", "repo{{repo}}",
+                      instant=True)], "bytes", _steps((None, "blue"))),
+        _series("Storage over time, by repository",
+                "Bytes the backups each repository holds take there (the sum of pgBackRest info's repository "
+                "delta over its backups; archived WAL not counted): it grows with each backup and drops when "
+                "retention expires old ones.",
+                [_query(f"max by (repo) (pgbackrest_repository_backup_bytes{{{STANZA}}})", "repo{{repo}}")],
+                "bytes", width=18),
     ]
 
 

@@ -33,9 +33,11 @@ MONTHLY = stack_config(retention={"full": 4, "monthly": 12}, drill={"rtoBudgetSe
 DRILL = "/usr/local/lib/pgbackup/pgbackup-drill"
 VERIFY = "/usr/local/lib/pgbackup/pgbackup-verify"
 INFO = [{"name": "main", "status": {"code": 0}, "archive": [], "backup": [
-    {"type": kind, "timestamp": {"start": stop - 600, "stop": stop}, "database": {"id": 1, "repo-key": repo}}
-    for kind, repo, stop in (("full", 1, 1795660000), ("diff", 1, 1795700000), ("incr", 1, 1795740000),
-                             ("full", 2, 1795600000))]}]
+    {"type": kind, "timestamp": {"start": stop - 600, "stop": stop}, "database": {"id": 1, "repo-key": repo},
+     "info": {"size": 123456789, "delta": stored * 3,
+              "repository": {"size": 23456789, "delta": stored, "delta-map": 96, "size-map": 96}}}
+    for kind, repo, stop, stored in (("full", 1, 1795660000, 23456789), ("diff", 1, 1795700000, 345678),
+                                     ("incr", 1, 1795740000, 123456), ("full", 2, 1795600000, 23456789))]}]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +163,9 @@ def test_every_series_the_dashboard_queries_is_one_the_nodes_write(board: dict[s
     # Every program's metrics are on the dashboard: the collector's, the verification's, the drill's.
     assert {"pgbackrest_last_backup_timestamp_seconds", "pgbackrest_wal_ready_count",
             "pgbackrest_archive_failed_total", "pgbackup_verify_errors", "pgbackup_drill_duration_seconds",
-            "pgbackup_drill_restored_bytes"} <= queried
+            "pgbackup_drill_restored_bytes", "pgbackrest_last_backup_size_bytes",
+            "pgbackrest_last_backup_repository_bytes", "pgbackrest_last_backup_duration_seconds",
+            "pgbackrest_repository_backup_bytes"} <= queried
 
 
 def test_the_series_judge_names_what_no_node_writes(written: list[dict[str, str]]) -> None:
