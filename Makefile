@@ -44,7 +44,8 @@ lint: setup ## ruff and mypy
 unit: setup ## the fast suite: everything but the lab (on every core: pytest-xdist)
 	$(PY) -m pytest -m "not lab" -q -n auto
 
-test: lint unit ## lint, types and the fast suite (the README's test command)
+test: setup ## lint, types and the fast suite (the README's test command): both at once, each one's output whole
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
 
 mutants: setup ## break the node programs and key policies one way at a time (tests/mutants.toml): the fast suite must fail on each
 	$(PY) tools/mutants.py
