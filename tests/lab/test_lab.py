@@ -225,7 +225,7 @@ def test_consul_definition_written_reloaded_and_removed(lab: Lab) -> None:
         for node in lab.nodes:
             definition = json.loads(lab.ssh(node, "cat /etc/consul.d/pgbackrest.json").stdout)
             assert [c["args"] for c in definition["service"]["checks"]] == [[CHECK, "backup-age"],
-                                                                            [CHECK, "wal-archive"]]
+                                                                            [CHECK, "wal-archive"], [CHECK, "standby"]]
             out = state[f"cluster-{node}-files"]["outputs"]
             if node == "pgnode1":
                 assert "consul: agent reloaded (/etc/consul.d/pgbackrest.json)" in out["stdout"]
