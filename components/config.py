@@ -563,8 +563,9 @@ class MonitoringConfig(_Model):
 
     consul: bool = Field(
         default=False,
-        description="`true`: the `pgbackrest` service and its three checks (backup age, WAL archive, standbys) in `/etc/consul.d/pgbackrest.json`, the "
-                    "local agent reloaded; `false` removes them (see \"Monitoring\")",
+        description="`true`: the `pgbackrest` service and its three checks (backup age, WAL archive, standbys) in "
+                    "`/etc/consul.d/pgbackrest.json`, the local agent reloaded; `false` removes them "
+                    "(see \"Monitoring\")",
         json_schema_extra=doc(short="true: the pgbackrest service and its checks in /etc/consul.d"))
 
 
