@@ -20,20 +20,18 @@ The resource never removes a lock or a default retention: on delete the bucket k
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import boto3
 import pulumi
 import pulumi.dynamic
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from pulumi.runtime import rpc
 
 from components.providers import ADMIN_ENV as PROVIDER_ADMIN_ENV
+from components.s3client import s3_client
 
 MODE = "COMPLIANCE"
 """Nobody, the account's root included, can delete a locked version or shorten its lock (docs/security.md: "What the
@@ -115,17 +113,9 @@ def client(target: Target, environ: Mapping[str, str]) -> Iterator[Any]:
     """An S3 client on the bucket's endpoint (its private CA trusted, if any), the administrator's key read from
     `environ`. Module-level so tests can replace it."""
     key_id, secret = _credentials(target, environ)
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
-        verify: bool | str = target.verify_tls
-        if target.verify_tls and target.ca_cert:
-            ca.write(target.ca_cert)
-            ca.flush()
-            verify = ca.name
-        yield boto3.client(
-            "s3", endpoint_url=f"https://{target.endpoint}", region_name=target.region, aws_access_key_id=key_id,
-            aws_secret_access_key=secret, verify=verify,
-            config=BotoConfig(s3={"addressing_style": "path" if target.path_style else "virtual"},
-                              retries={"max_attempts": 3}))
+    with s3_client(f"https://{target.endpoint}", target.region, key_id, secret, verify_tls=target.verify_tls,
+                   ca_cert=target.ca_cert, path_style=target.path_style, retries={"max_attempts": 3}) as s3:
+        yield s3
 
 
 def _code(err: ClientError) -> str:

@@ -14,7 +14,6 @@ environment, a bucket without versioning, a repository the stack does not have.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,12 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from components.config import StorageConfig
 from components.providers import admin_env
+from components.s3client import s3_client
 from pgbackup_cli import operations
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError
@@ -110,17 +108,10 @@ def endpoint_url(storage: StorageConfig) -> str:
 @contextmanager
 def client(storage: StorageConfig, key_id: str, secret: str) -> Iterator[Any]:
     """An S3 client of the bucket's endpoint, its private CA trusted if any."""
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
-        verify: bool | str = storage.verify_tls
-        if storage.verify_tls and storage.ca_cert:
-            ca.write(storage.ca_cert)
-            ca.flush()
-            verify = ca.name
-        yield boto3.client(
-            "s3", endpoint_url=endpoint_url(storage), region_name=storage.region, aws_access_key_id=key_id,
-            aws_secret_access_key=secret, verify=verify,
-            config=BotoConfig(s3={"addressing_style": "path" if storage.uri_style == "path" else "virtual"},
-                              retries={"max_attempts": 5, "mode": "standard"}))
+    with s3_client(endpoint_url(storage), storage.region, key_id, secret, verify_tls=storage.verify_tls,
+                   ca_cert=storage.ca_cert, path_style=storage.uri_style == "path",
+                   retries={"max_attempts": 5, "mode": "standard"}) as s3:
+        yield s3
 
 
 @dataclass
