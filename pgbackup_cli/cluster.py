@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import paramiko
@@ -12,7 +13,7 @@ import paramiko
 from components.config import tls_warnings
 from components.layout import NAMES, PATHS
 from pgbackup_cli.remote import Node, RemoteError, warn
-from pgbackup_cli.repository import newest_wal_time, wal_listing_path
+from pgbackup_cli.repository import choose_backup, holdings, newest_wal_time, wal_listing_path
 from pgbackup_cli.stack import Stack
 from pgbackup_cli.untrusted import Unreadable, answers, loads, reader_command
 
@@ -133,6 +134,15 @@ class Cluster:
         out = self.node(node).check(self.pgbackrest(f"--repo=1 --output=json repo-ls {self.q(path)}"),
                                     what="pgbackrest repo-ls")
         return newest_wal_time(json.loads(out), segment)
+
+    def reachable(self, node: str, target: datetime | None) -> tuple[dict[str, Any], str]:
+        """The one check of a target (None: the latest) against what repo1 can reach, as `node` reads it (its
+        backups and newest archived WAL; a recoverable window may narrow it): the backup a restore to it starts
+        from, and what the repository holds; ValueError naming the reachable range. `recover` and `extract`
+        refuse with it."""
+        info = self.info(node)
+        held = holdings(info, self.newest_wal_time(node, info))
+        return choose_backup(held, target), held.describe()
 
     def read_text(self, node: str, path: str, user: str | None = "postgres") -> str | Unreadable | None:
         """A state file's text on the node, read by the one reader (pgbackup_cli/untrusted.py) as `user`, the

@@ -29,7 +29,7 @@ from typing import Any
 from components.layout import PATHS
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import RemoteError
-from pgbackup_cli.repository import choose_backup, holdings, parse_target
+from pgbackup_cli.repository import parse_target
 from pgbackup_cli.untrusted import loads, printable
 
 UNIT = "pgbackup-extract.service"
@@ -136,13 +136,10 @@ def pick_node(cluster: Cluster, node: str | None) -> tuple[str, str]:
 
 
 def reachable_backup(cluster: Cluster, node: str, target: datetime) -> tuple[dict[str, Any], str]:
-    """The backup a restore to `target` starts from, and what the repository holds; ExtractRefused when the
-    target is outside what repo1 can reach. The one place that decides it (a recoverable window may
-    replace it)."""
-    info = cluster.info(node)
-    held = holdings(info, cluster.newest_wal_time(node, info))
+    """Cluster.reachable, refused as an extract: the backup a restore to `target` starts from, and what the
+    repository holds; ExtractRefused when the target is outside what repo1 can reach."""
     try:
-        return choose_backup(held, target), held.describe()
+        return cluster.reachable(node, target)
     except ValueError as error:
         raise ExtractRefused(str(error)) from None
 

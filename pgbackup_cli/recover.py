@@ -24,7 +24,7 @@ from typing import Any
 
 from pgbackup_cli.cluster import Cluster, UnreadableFile
 from pgbackup_cli.remote import RemoteError, script_text
-from pgbackup_cli.repository import LATEST, TARGET_FORM, choose_backup, holdings, parse_target
+from pgbackup_cli.repository import LATEST, TARGET_FORM, parse_target
 
 # The data directories a recovery moves aside: <pg_data><ASIDE_SUFFIX><UTC time as ASIDE_TIME writes it>;
 # ASIDE_STAMP matches that time, and `--cleanup` removes only what has that name.
@@ -135,16 +135,13 @@ def read_target(cluster: Cluster, leader: str, to: str, say: Callable[[str], Non
 
 
 def reachable(cluster: Cluster, leader: str, target: datetime | None) -> tuple[str, str]:
-    """The one check of a target against what the repository can reach (repo1's backups and archived WAL; a
-    recoverable window may replace it): (the backup a restore starts from, what the repository holds), or
+    """Cluster.reachable, refused as a recovery: (the backup's label, what the repository holds), or
     RecoveryRefused naming the reachable range."""
-    info = cluster.info(leader)
-    held = holdings(info, cluster.newest_wal_time(leader, info))
     try:
-        backup = choose_backup(held, target)
+        backup, held = cluster.reachable(leader, target)
     except ValueError as error:
         raise RecoveryRefused(f"refused, nothing was touched: {error}") from None
-    return backup["label"], held.describe()
+    return backup["label"], held
 
 
 def make_plan(cluster: Cluster, to: str, leader: str | None = None, now: float | None = None,

@@ -16,6 +16,7 @@ import pytest
 
 from components.layout import PATHS
 from pgbackup_cli import cli, extract, remote
+from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError, Result, script_text
 from tests.harness import HEALTHY_INFO
 from tests.test_drill import CASES, monthly_run, scripts  # noqa: F401 -- the drill programs' fixtures
@@ -126,6 +127,8 @@ class FakeCluster:
 
     def newest_wal_time(self, node: str, info: dict[str, Any]) -> float | None:
         return self.wal_time
+
+    reachable = Cluster.reachable  # the real check, over this fake's info and newest WAL time
 
     def as_postgres(self, command: str) -> str:
         return f"runuser -u postgres -- env --chdir=/ {command}"
