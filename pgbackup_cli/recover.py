@@ -24,7 +24,7 @@ from typing import Any
 
 from pgbackup_cli.cluster import Cluster, UnreadableFile
 from pgbackup_cli.remote import RemoteError, script_text
-from pgbackup_cli.repository import LATEST, TARGET_FORM, parse_target
+from pgbackup_cli.repository import LATEST, TARGET_FORM, backups, parse_target
 
 # The data directories a recovery moves aside: <pg_data><ASIDE_SUFFIX><UTC time as ASIDE_TIME writes it>;
 # ASIDE_STAMP matches that time, and `--cleanup` removes only what has that name.
@@ -337,27 +337,33 @@ systemctl is-active {q(unit)}.service || true
             timeline = f"--target-timeline={plan.old_timeline} " if plan.old_timeline else ""
             target = (f"--type=time --target={q(plan.target_utc or plan.target)} {timeline}"
                       "--target-action=promote ")
-        log = self.q(self.log)
-        as_postgres = self.cluster.as_postgres
         return f"""
 if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
 if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
 rs_mkdir {q(plan.pg_data)} postgres postgres 0700  # a link or another owner's directory there is refused
 {self.cluster.pgbackrest(f"--repo=1 --delta {target}--log-level-console=warn restore")}
-offset=$({as_postgres(f"stat -c %s {log}")} 2>/dev/null || echo 0)
+{self.promotion("choose an earlier one")}"""
+
+    def promotion(self, advice: str, settings: str = "") -> str:
+        """Start the server in the data directory with `settings` (postgres's -c options, no TCP), wait until
+        it is promoted, stop it. The wait watches the server: it ends at once, quoting the line, when the
+        server died or logged a FATAL or PANIC line of its own (`advice`: which target to choose instead)."""
+        q, log = self.q, self.q(self.log)
+        as_postgres = self.cluster.as_postgres
+        return f"""offset=$({as_postgres(f"stat -c %s {log}")} 2>/dev/null || echo 0)
 fatal() {{  # the server's own first FATAL or PANIC line since this start (read as postgres, at most 64 MiB)
   {{ {as_postgres(f"tail -c +$((offset + 1)) {log}")} 2>/dev/null | head -c 67108864 \
     | grep -E '(FATAL|PANIC):' | grep -Ev {q(CLIENT_FATAL)} | head -n 1; }} || true
 }}
-{self.pg_ctl} -o {q("-c listen_addresses=''")} -l {log} -W start
+{self.pg_ctl} -o {q(f"-c listen_addresses='' {settings}".strip())} -l {log} -W start
 deadline=$((SECONDS + {WAIT}))
 until [[ "$({self.cluster.psql("SELECT pg_is_in_recovery()")} 2>/dev/null)" == f ]]; do
   line=$(fatal)
   if [[ -n "$line" ]] || ! {self.pg_ctl} status >/dev/null 2>&1; then
     sleep 1; line=$(fatal)
     echo "PostgreSQL on this node ended the recovery: ${{line:-the server is not running (see {log})}}" >&2
-    echo "What to do: read {log}; a target past the newest archived WAL is never reached (choose an earlier" \
-      "one); then run pgbackup recover again, or pgbackup recover --abort" >&2
+    echo "What to do: read {log}; a target past the newest archived WAL is never reached ({advice});" \
+      "then run pgbackup recover again, or pgbackup recover --abort" >&2
     {self.pg_ctl} -m immediate -w -t 60 stop >/dev/null 2>&1 || true
     exit 1
   fi
@@ -510,9 +516,10 @@ def abort(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> in
     """`recover --abort`: an unfinished recovery put back to a running cluster on its old data where that still
     exists. Any unit of the recovery still running on the leader is stopped first. Before the restore began:
     the replicas' data moved aside (if any) is moved back, Patroni started on the leader, then on the replicas
-    (Patroni writes the cluster into the DCS again from the leader's data), and the state removed: 0. After:
-    the leader's data is the restore's, which nothing here undoes: says so and what to run instead, keeps the
-    state (marked aborted, so that another target may be chosen): 1."""
+    (Patroni writes the cluster into the DCS again from the leader's data), and the state removed: 0. After
+    (the leader's data is the restore's): the replicas' old data leads instead (Rejoin), 0; when no replica has
+    old data left, says so and what to run instead, keeps the state (marked aborted, so that another target may
+    be chosen): 1."""
     if plan is None:
         raise RecoveryRefused("no recovery is recorded on any node: nothing to abort")
     if plan.finished:
@@ -523,20 +530,9 @@ def abort(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> in
         unit = UNIT.format(step=step)
         if cluster.node(plan.leader).run(f"systemctl is-active --quiet {cluster.q(unit)}.service").status == 0:
             steps.stop_unit(plan.leader, step)
-    q = cluster.q
     if restore_begun(plan):
-        plan.aborted = True
-        steps.save()
-        leads = "leads on the restored data" if "leader" in (plan.done or {}) else "is stopped"
-        say(f"cannot be undone: the restore (step 3) has begun on {plan.leader}: its {plan.pg_data} is overwritten "
-            f"by the restore from backup {plan.backup} (pgbackrest --delta) and the data it held before is gone; "
-            f"{plan.leader} {leads}. The replicas' old data ({', '.join(f'{n}:{p}' for n, p in plan.aside.items())}"
-            ", where still there) is on the old timeline and is kept, not started: it cannot follow the restored "
-            "leader.")
-        say(f"What to run instead: `pgbackup recover -s {plan.stack} --to {q(plan.target)}` to finish this "
-            f"recovery, or `pgbackup recover -s {plan.stack} --to OTHER --leader {plan.leader}` to recover to another "
-            "target (allowed after this abort).")
-        return 1
+        return Rejoin(cluster, plan, say).rejoin()
+    q = cluster.q
     for node in plan.replicas:
         data, aside = q(plan.pg_data), q(plan.aside.get(node, ""))
         moved = cluster.node(node).check(f"""
@@ -561,3 +557,139 @@ fi
     cluster.node(plan.leader).check(f"rs_rm_tree {q(cluster.recover_state)}", what="removing the recovery's state")
     say(f"aborted the recovery to {plan.target}: the cluster runs on its old data; no recovery is recorded")
     return 0
+
+
+# What pg_controldata says of a data directory a standby left (Patroni stopped it, or it died), and of one
+# already promoted (an abort run before got that far).
+STANDBY_STATES = ("shut down in recovery", "in archive recovery", "in crash recovery")
+PROMOTED_STATES = ("shut down", "in production")
+
+
+class Rejoin(Recovery):
+    """`--abort` once the restore has begun: the leader's old data is gone, the replicas' is not (untouched
+    until step 6, then moved aside). Patroni stopped everywhere (a rebuild it began stopped with it), the
+    cluster forgotten in the DCS; each replica's data moved back; the first replica with old data replays the
+    archive to its end on the old timeline and is promoted by hand (a new timeline: the recovery's fork, if it
+    promoted, is not followed), then leads under Patroni; the restored node is rebuilt as a standby from the
+    newest backup made before the recovery (one on the old history), and every other member follows. When the
+    recovery made a backup (step 5, on its own timeline), a full backup of the new timeline follows: Patroni's
+    replica method restores the newest set. Every part is safe to run again: a promoted directory is not
+    replayed twice, and the choice of the leader is the same."""
+
+    def rejoin(self) -> int:
+        cluster, plan, q, say = self.cluster, self.plan, self.q, self.say
+        say(f"{plan.leader}'s {plan.pg_data} was overwritten by the restore (step 3 began): the replicas' old data "
+            "leads instead")
+        for node in [*plan.replicas, plan.leader]:
+            cluster.node(node).check(self.stop_script(), what="stopping Patroni (and a rebuild it began)")
+        say(f"      Patroni stopped on {', '.join([*plan.replicas, plan.leader])}")
+        self.step_forget_dcs()
+        states = {node: self.put_back(node) for node in plan.replicas}
+        old = [node for node in plan.replicas if states[node] in STANDBY_STATES + PROMOTED_STATES]
+        if not old:
+            plan.aborted = True
+            self.save()
+            say(f"cannot be undone: {plan.leader}'s data is overwritten by the restore (step 3 began) and no replica "
+                f"has old data left ({', '.join(f'{n}: {s or chr(45)}' for n, s in states.items())}); Patroni is "
+                "stopped everywhere.")
+            say(f"What to run instead: `pgbackup recover -s {plan.stack} --to {q(plan.target)}` to finish this "
+                f"recovery, or `pgbackup recover -s {plan.stack} --to OTHER --leader {plan.leader}` to recover to "
+                "another target (allowed after this abort).")
+            return 1
+        leader = old[0]
+        self.in_unit(leader, "promote", self.promote_script(), 3 * WAIT)
+        say(f"      {leader}: its old data replayed to the archive's end and promoted")
+        cluster.node(leader).check("systemctl start patroni", what="systemctl start patroni")
+        self.wait_members(lambda ms: Cluster.leader_of(ms) == leader, f"{leader} leading the cluster", 900,
+                          watch=[leader])
+        say(f"      {leader}: leads")
+        info = cluster.info(leader)
+        before = [b for b in backups(info) if b["timestamp"]["stop"] < plan.started]
+        rebuilt = [node for node in [*plan.replicas, plan.leader] if node not in old]
+        if rebuilt and not before:
+            raise RemoteError(f"no backup in repo1 ended before the recovery began: {', '.join(rebuilt)} cannot be "
+                              "rebuilt from one; once the cluster runs, `patronictl reinit` them")
+        for node in rebuilt:
+            self.in_unit(node, "rebuild", self.rebuild_script(before[-1]["label"]), 3 * WAIT)
+            say(f"      {node}: rebuilt as a standby from backup {before[-1]['label']}")
+        for node in [*old[1:], *rebuilt]:
+            cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
+        self.wait_members(lambda ms: self.all_streaming(ms, leader), "every member streaming again", watch=[leader])
+        # The recovery's backup (of its timeline) is the newest set, the one Patroni's replica method would
+        # restore: one of this timeline replaces it.
+        if any(b["timestamp"]["stop"] >= plan.started for b in backups(info)):
+            self.in_unit(leader, "backup", self.cluster.pgbackrest(
+                "--repo=1 --type=full --no-backup-standby --log-level-console=error backup", locked=True), 6 * WAIT)
+            say(f"      {leader}: a full backup of the new timeline into repo1")
+        cluster.node(plan.leader).check(f"rs_rm_tree {q(cluster.recover_state)}",
+                                        what="removing the recovery's state")
+        members = cluster.members(prefer=leader)
+        say(f"aborted the recovery to {plan.target}: the cluster runs on {leader}'s old data, timeline "
+            f"{max(int(m['TL']) for m in members)}, every member streaming; no recovery is recorded. What "
+            f"{plan.leader} had written and the archive did not hold when it stopped is gone.")
+        return 0
+
+    def all_streaming(self, members: list[dict[str, Any]], leader: str) -> bool:
+        return (Cluster.leader_of(members) == leader and len(members) == len(self.cluster.nodes)
+                and all(m.get("State") in ("running", "streaming") for m in members)
+                and len({str(m.get("TL")) for m in members}) == 1)
+
+    def stop_script(self) -> str:
+        """Patroni stopped; a replica's rebuild it began (pgbackrest restore, as postgres) ended with it (its unit
+        keeps PostgreSQL, and what it started, when stopped); PostgreSQL stopped."""
+        return f"""systemctl stop patroni
+pkill -TERM -u postgres -f '^pgbackrest .*restore' 2>/dev/null || true
+for _ in $(seq 60); do pgrep -u postgres -f '^pgbackrest .*restore' >/dev/null || break; sleep 1; done
+if pgrep -u postgres -f '^pgbackrest .*restore' >/dev/null; then echo "a pgbackrest restore still runs" >&2; exit 1; fi
+if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
+"""
+
+    def controldata(self) -> str:
+        """The data directory's cluster state as pg_controldata prints it (as postgres), empty when none."""
+        command = f"{self.cluster.stack.pg_bin}/pg_controldata -D {self.q(self.plan.pg_data)}"
+        return f"{self.cluster.as_postgres(command)} 2>/dev/null | sed -n 's/^Database cluster state: *//p' || true"
+
+    def put_back(self, node: str) -> str:
+        """The replica's old data in place again (from aside, where step 6 moved it); its cluster state."""
+        q, plan = self.q, self.plan
+        data, aside = q(plan.pg_data), q(plan.aside.get(node, ""))
+        out = self.cluster.node(node).check(f"""
+if [[ -d {aside} && ! -L {aside} ]]; then
+  if [[ -e {data} || -L {data} ]]; then rs_rm_tree {data}; fi
+  rs_rename {aside} {data}
+  echo "moved"
+fi
+echo "state:$({self.controldata()})"
+""", what="moving the data directory back")
+        if out.startswith("moved"):
+            self.say(f"      {node}: {plan.aside[node]} -> {plan.pg_data}")
+        return out.rsplit("state:", 1)[-1].strip()
+
+    def promote_script(self) -> str:
+        """The old data, a standby's, replays the archive to its end on the old timeline (not the recovery's
+        fork) and is promoted; left as it is when a run before promoted it."""
+        data = self.q(self.plan.pg_data)
+        as_postgres = self.cluster.as_postgres
+        timeline = str(self.plan.old_timeline) if self.plan.old_timeline else "current"
+        return f"""
+if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
+if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
+state=$({self.controldata()})
+case "$state" in
+  {" | ".join(self.q(s) for s in PROMOTED_STATES)}) echo "promoted before"; exit 0 ;;
+  {" | ".join(self.q(s) for s in STANDBY_STATES)}) ;;
+  *) echo "{data}: pg_controldata says '$state', not a standby's data: refused" >&2; exit 1 ;;
+esac
+{as_postgres(f"rm -f {data}/standby.signal")}
+{as_postgres(f"touch {data}/recovery.signal")}
+{self.promotion("the old data is replayed to the archive's end", f"-c recovery_target_timeline={timeline}")}"""
+
+    def rebuild_script(self, label: str) -> str:
+        """The node's data directory a standby restored from backup `label` (one on the old history); Patroni
+        then makes it follow the leader."""
+        return f"""
+if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
+if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m immediate -w -t 600 stop; fi
+rs_mkdir {self.q(self.plan.pg_data)} postgres postgres 0700
+{self.cluster.pgbackrest(f"--repo=1 --delta --set={self.q(label)} --type=standby --log-level-console=warn restore")}
+"""

@@ -29,7 +29,8 @@ from pgbackup_cli.remote import RemoteError, Result
 from pgbackup_testkit.shell_adversary import Adversary, Sandbox, content_attack, make_sandbox
 
 STEPS = ("install", "files", "patroni-local", "stanza", "archiving", "verify", "schedule", "unschedule")
-OPERATOR = ("restore", "backup", "replicas", "cleanup", "state", "forget-state", "abort", "members", "scope")
+OPERATOR = ("restore", "backup", "replicas", "cleanup", "state", "forget-state", "abort", "members", "scope",
+            "rejoin-stop", "rejoin-put-back", "rejoin-promote", "rejoin-rebuild")
 ASIDE = "20261122T130000Z"
 
 
@@ -48,7 +49,8 @@ def targets(box: Sandbox) -> list[str]:
     config = box.patroni_config
     return [*paths, box.pg_data, f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}", f"{box.pg_data}/PG_VERSION",
             config, f"{config}.pgbackup-prev", recover_log(box),
-            *(f"{box.paths.state_dir}/recover-{step}.{kind}" for step in ("restore", "backup") for kind in ("sh", "status"))]
+            *(f"{box.paths.state_dir}/recover-{step}.{kind}" for step in ("restore", "backup", "promote", "rebuild")
+              for kind in ("sh", "status"))]
 
 
 def recover_log(box: Sandbox) -> str:
@@ -102,6 +104,10 @@ def run_operator(name: str, box: Sandbox, before: Callable[[], None]) -> None:
     """One operator node script, through the code that builds it."""
     cluster = box_cluster(box, before)
     steps = recovery(cluster, box)
+    # `--abort` after the restore began (recover.Rejoin): each of its node scripts (its waits for Patroni are
+    # not root's work on the node).
+    rejoin = recover.Rejoin(cluster, plan(box, finished=False, current="replicas"), print)
+    rejoin.log = recover_log(box)
     work: dict[str, Callable[[], Any]] = {
         "restore": steps.step_restore,
         "backup": steps.step_backup,
@@ -113,6 +119,10 @@ def run_operator(name: str, box: Sandbox, before: Callable[[], None]) -> None:
                                                      current="forget-dcs"), print),
         "members": cluster.members,
         "scope": lambda: cluster.scope("pg1"),
+        "rejoin-stop": lambda: cluster.node("pg1").check(rejoin.stop_script()),
+        "rejoin-put-back": lambda: rejoin.put_back("pg2"),
+        "rejoin-promote": lambda: rejoin.in_unit("pg2", "promote", rejoin.promote_script(), 60),
+        "rejoin-rebuild": lambda: rejoin.in_unit("pg1", "rebuild", rejoin.rebuild_script("F"), 60),
     }
     with mock.patch("pgbackup_cli.cluster.PATHS", box.paths):  # the backups' lock, in the sandbox
         work[name]()
@@ -136,7 +146,7 @@ def test_root_scripts_survive_the_adversary(name: str, box: Sandbox) -> None:
     before = box.snapshot()
     run: Callable[[Callable[[], None]], object] = (
         (lambda hook: run_step(name, box, hook)) if name in STEPS else (lambda hook: run_operator(name, box, hook)))
-    if name in ("cleanup", "forget-state", "abort"):
+    if name in ("cleanup", "forget-state", "abort", "rejoin-put-back"):
         aside = f"{box.pg_data}{recover.ASIDE_SUFFIX}{ASIDE}"
         subprocess.run(["runuser", "-u", "postgres", "--", "mkdir", "-p", f"{aside}/base"], check=True)
     quiet = run(lambda: None)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from components.layout import PATHS
+from components.window import iso
 from pgbackup_cli import cli, recover
 from pgbackup_cli.cluster import Cluster
 from pgbackup_cli.remote import Node, RemoteError, Result, script_text
@@ -385,26 +389,91 @@ def test_abort_moves_a_replicas_data_back_before_starting_it() -> None:
     assert code == 0
 
 
-@pytest.mark.parametrize(("done", "restore_active", "leads"), [
-    ({"stop-patroni": 1.0, "forget-dcs": 1.0}, True, "is stopped"),  # in the middle of step 3
-    ({"stop-patroni": 1.0, "forget-dcs": 1.0, "restore": 9.0, "leader": 2.0, "backup": 5.0}, False,
-     "leads on the restored data"),  # in the middle of step 6
-])
-def test_abort_after_the_restore_began_says_what_cannot_be_undone_and_keeps_the_state(
-        done: dict[str, float], restore_active: bool, leads: str) -> None:
-    current = "restore" if "restore" not in done else "replicas"
-    cluster, lines, code = aborting(plan(done=done, current=current), restore_active)
+def rejoining(state: recover.Plan, old: dict[str, str], restore_active: bool = False
+              ) -> tuple[ScriptedCluster, list[str], int]:
+    """`--abort` after the restore began; `old`: what each replica's put-back prints (its old data's state)."""
+    def answer(node: str, script: str, stdin: str) -> Result | None:
+        if script.startswith("systemctl is-active --quiet pgbackup-recover-restore"):
+            return Result(0 if restore_active else 3, "", "")
+        if script.startswith("systemctl is-active --quiet pgbackup-recover-"):
+            return Result(3, "", "")
+        if "state:" in script:
+            return Result(0, old[node], "")
+        return None
+
+    cluster = ScriptedCluster(answer)
+    directory = cluster.recover_state.rsplit("/", 1)[0]
+    for node in cluster.nodes:
+        for step in ("promote", "rebuild", "backup"):
+            cluster.files[(node, f"{directory}/recover-{step}.status")] = "0\n"
+    cluster.members = lambda prefer=None: [  # type: ignore[method-assign]  # pgnode2 leads once started there
+        {"Member": name, "Role": "Leader" if name == "pgnode2" else "Replica",
+         "State": "running" if name == "pgnode2" else "streaming", "TL": 6}
+        for name in cluster.nodes] if "systemctl start patroni" in cluster.scripts("pgnode2") else []
+    cluster.files[("pgnode1", cluster.recover_state)] = state.to_json()
+    lines: list[str] = []
+    code = recover.abort(cluster, recover.find_state(cluster), lines.append)
+    return cluster, lines, code
+
+
+STANDBY = "state:shut down in recovery\n"
+MID_3 = {"done": {"stop-patroni": 1.0, "forget-dcs": 1.0}, "current": "restore", "started": 1795399400.0}
+MID_6 = {"done": {"stop-patroni": 1.0, "forget-dcs": 1.0, "restore": 9.0, "leader": 2.0, "backup": 5.0},
+         "current": "replicas", "started": 1795399200.0}  # the newest backup (1795399300) is the recovery's
+
+
+def test_abort_in_step_3_lets_a_replicas_old_data_lead_and_rebuilds_the_restored_node() -> None:
+    """The order: Patroni stopped everywhere, the DCS forgotten, the first replica with old data replayed
+    and promoted in its unit, Patroni there (it leads), the restored node restored as a standby from the
+    newest backup made before the recovery, Patroni on the others; no backup (the newest set is on the old
+    history); the state gone."""
+    cluster, lines, code = rejoining(plan(**MID_3), {"pgnode2": STANDBY, "pgnode3": STANDBY}, restore_active=True)
+    assert code == 0, lines
+    order = [(node, script) for node, script in cluster.sent if node]
+    def first(node: str, words: str) -> int:
+        return next(i for i, (n, s) in enumerate(order) if n == node and words in s)
+    assert first("pgnode1", "systemctl stop pgbackup-recover-restore") < first("pgnode2", "systemctl stop patroni")
+    stopped = max(first(n, "systemctl stop patroni") for n in cluster.nodes)
+    assert stopped < first("pgnode1", "patronictl") < first("pgnode2", "rs_rename") < (
+        first("pgnode2", "--unit=pgbackup-recover-promote"))
+    assert first("pgnode2", "--unit=pgbackup-recover-promote") < first("pgnode2", "systemctl start patroni") < (
+        first("pgnode1", "--unit=pgbackup-recover-rebuild")) < first("pgnode1", "systemctl start patroni")
+    assert first("pgnode3", "systemctl start patroni") > first("pgnode2", "systemctl start patroni")
+    assert not [n for n, s in order if "--unit=pgbackup-recover-promote" in s and n != "pgnode2"]
+    assert not [s for s in cluster.scripts() if "--unit=pgbackup-recover-backup" in s]
+    assert cluster.scripts("pgnode1")[-1] == f"rs_rm_tree {cluster.recover_state}"
+    assert "the cluster runs on pgnode2's old data, timeline 6, every member streaming" in lines[-1]
+    rejoin = recover.Rejoin(cluster, plan(**MID_3), print)
+    # The old timeline, not `latest` (the recovery's fork, if it promoted, forked before the replica's data).
+    assert "-c recovery_target_timeline=4" in rejoin.promote_script()
+    assert "recovery_target_timeline=current" in recover.Rejoin(cluster, plan(old_timeline=0), print).promote_script()
+    rebuild = rejoin.rebuild_script("20261122-020000F_20261123-020000I")
+    assert "--delta --set=20261122-020000F_20261123-020000I --type=standby" in rebuild
+
+
+def test_abort_in_step_6_moves_the_old_data_back_and_replaces_the_recoverys_backup() -> None:
+    moved = "moved\n" + STANDBY
+    cluster, lines, code = rejoining(plan(**MID_6), {"pgnode2": moved, "pgnode3": moved})
+    assert code == 0, lines
+    assert "      pgnode2: /var/lib/postgresql/17/main.before-pitr-20261122T130000Z -> /var/lib/postgresql/17/main" in (
+        lines)
+    back = next(s for s in cluster.scripts("pgnode3") if "rs_rename" in s)
+    assert "rs_rm_tree /var/lib/postgresql/17/main" in back  # the rebuild Patroni began is removed first
+    # Rebuilt from the newest backup made before the recovery, not the recovery's own (its timeline).
+    assert any("--unit=pgbackup-recover-rebuild" in s for s in cluster.scripts("pgnode1"))
+    assert "rebuilt as a standby from backup 20261122-020000F" in "\n".join(lines)
+    assert any("--unit=pgbackup-recover-backup" in s for s in cluster.scripts("pgnode2"))
+
+
+def test_abort_with_no_old_data_left_says_what_cannot_be_undone_and_keeps_the_state() -> None:
+    cluster, lines, code = rejoining(plan(**MID_6), {"pgnode2": "state:\n", "pgnode3": "state:\n"})
     assert code == 1
     text = "\n".join(lines)
-    assert "cannot be undone: the restore (step 3) has begun on pgnode1" in text
-    assert f"pgnode1 {leads}" in text
+    assert "cannot be undone: pgnode1's data is overwritten by the restore (step 3 began) and no replica" in text
     assert "pgbackup recover -s lab --to '2026-11-22 12:00:00+00'" in text
-    stops = [s for s in cluster.scripts("pgnode1") if s.startswith("systemctl stop pgbackup-recover-restore.service")]
-    assert len(stops) == (1 if restore_active else 0)
-    assert not [s for s in cluster.scripts() if s == "systemctl start patroni" or "rs_rename" in s]
+    assert not [s for s in cluster.scripts() if s == "systemctl start patroni" or "--unit=" in s]
     kept = cluster.files[("pgnode1", cluster.recover_state)]
-    assert kept["aborted"] is True
-    assert kept["finished"] is False
+    assert (kept["aborted"], kept["finished"]) == (True, False)
 
 
 def test_after_an_abort_that_cannot_undo_another_target_may_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -442,3 +511,66 @@ def test_after_an_abort_that_cannot_undo_another_target_may_be_chosen(monkeypatc
 def test_abort_is_refused_without_an_unfinished_recovery(state: recover.Plan | None, why: str) -> None:
     with pytest.raises(recover.RecoveryRefused, match=why):
         recover.abort(ScriptedCluster(), state, print)
+
+
+# -- the recoverable window narrows the reachable range (item 2: "the recoverable window where it exists")
+GAP = (1795200000, 1795300000)  # no backup with continuous WAL reaches these times
+WAL_END = int(WAL_TIME)
+
+
+def verified(pieces: list[tuple[int, int]], damaged: tuple[str, ...] = (), count: int | None = None) -> str:
+    """A pgbackup-verify.json whose repo1 window has `pieces` and `damaged` sets."""
+    window = {"pieces": [{"from": a, "to": b, "fromTime": iso(a), "toTime": iso(b)} for a, b in pieces],
+              "pieceCount": len(pieces) if count is None else count,
+              "damaged": [{"label": label, "reason": "the verification found it damaged"} for label in damaged],
+              "promisedFrom": OLDEST, "missingSeconds": GAP[1] - GAP[0], "endLagSeconds": 0}
+    return json.dumps({"time": "2026-11-23T03:00:00Z", "ok": True, "node": "pgnode2",
+                       "errors": {"checksum": 0, "missing_wal": 0, "other": 0}, "repos": {"1": {"window": window}}})
+
+
+def windowed(state: str) -> ScriptedCluster:
+    cluster = ScriptedCluster()
+    cluster.files[("pgnode2", PATHS.verify_state)] = state
+    return cluster
+
+
+def at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def test_a_target_in_a_gap_of_the_recoverable_window_is_refused_with_exit_3(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The backups and the newest WAL allow it; the verification found no continuous WAL reaching it."""
+    cluster = windowed(verified([(OLDEST, GAP[0]), (GAP[1], WAL_END - 60)]))
+    middle = (GAP[0] + GAP[1]) // 2
+    cluster.answer = psql_says(f"{middle}.000000 {iso(middle)}\n")
+    assert recover_main(cluster, monkeypatch, "--to", "2026-11-21 08:13:20+00", "--yes") == 3
+    err = capsys.readouterr().err
+    assert "lies outside the recoverable window of repo1 (the verification at 2026-11-23T03:00:00Z on pgnode2)" in err
+    assert f"{iso(OLDEST)} to {iso(GAP[0])}; {iso(GAP[1])} to {iso(WAL_END - 60)}" in err
+    assert [s for s in cluster.scripts() if any(word in s for word in STOPS)] == []
+    for inside in (OLDEST + 10, GAP[1] + 10, WAL_END - 30):  # in a piece, or after the window (the live check)
+        cluster.reachable("pgnode1", at(inside))
+
+
+def test_a_damaged_set_cannot_start_a_recovery_even_to_the_latest_state() -> None:
+    newest = "20261122-020000F_20261123-020000I"
+    cluster = windowed(verified([(OLDEST, WAL_END - 60)], damaged=(newest,)))
+    with pytest.raises(ValueError, match=f"restore to the latest state starts from, {newest}, cannot start a recovery"):
+        cluster.reachable("pgnode1", None)
+    cluster.reachable("pgnode1", at(OLDEST + 10))  # the full before it starts that restore
+
+
+def test_a_window_listing_only_some_pieces_narrows_only_what_it_lists() -> None:
+    """pieceCount 3, the first and the newest listed: a time between them may be in the unlisted one; one
+    before the first is refused."""
+    cluster = windowed(verified([(OLDEST + 1000, GAP[0]), (GAP[1] + 5000, WAL_END - 60)], count=3))
+    cluster.reachable("pgnode1", at(GAP[1]))
+    with pytest.raises(ValueError, match=r"its pieces \(the first and the newest of 3\)"):
+        cluster.reachable("pgnode1", at(OLDEST + 500))
+
+
+def test_no_verification_or_an_unreadable_one_narrows_nothing() -> None:
+    for state in (None, "{not json"):
+        cluster = ScriptedCluster() if state is None else windowed(state)
+        cluster.reachable("pgnode1", at((GAP[0] + GAP[1]) // 2))

@@ -157,38 +157,6 @@ def test_recover_refuses_a_target_outside_the_repository_and_touches_nothing(lab
     no_recovery_state(lab)
 
 
-@pytest.mark.same_on_every_release
-def test_recover_interrupted_after_its_third_step_carries_on_when_run_again(lab: Lab) -> None:
-    leader = lab.leader()
-    target = lab.rows_around_a_target(leader, "interrupted_pitr")
-    argv = lab.pgbackup_argv("recover", "--to", target, "--yes")
-    process = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("[3/7] done"):
-            process.send_signal(signal.SIGINT)  # the operator's Ctrl-C, as step 4 begins
-            break
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 130, "".join(seen) + err
-    state = json.loads(lab.ssh(leader, f"cat {STATE}").stdout)
-    assert not state["finished"], state
-    assert {"stop-patroni", "forget-dcs", "restore"} <= set(state["done"]), state
-    again = lab.pgbackup("recover", "--to", target, "--yes")
-    assert "carrying on with the recovery" in again.stdout
-    assert "[1/7] stop Patroni on the replicas, then on the leader: done before" in again.stdout
-    assert "[3/7] restore the leader, replay, promote it by hand, stop it: done before" in again.stdout
-    members = lab.wait_healthy()
-    assert lab.leader() == leader
-    assert len({m["TL"] for m in members}) == 1
-    for node in lab.nodes:
-        assert lab.sql(node, "SELECT batch || '=' || count(*) FROM interrupted_pitr GROUP BY batch").split() == [
-            "before=100"], node
-    lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
-    no_recovery_state(lab)
-
-
 def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: Lab) -> None:
     leader, replicas = lab.leader(), lab.replicas()
     lab.sql(leader, "DROP TABLE IF EXISTS lost_leader")
@@ -232,11 +200,20 @@ def test_recover_to_latest_after_the_leaders_data_directory_is_destroyed(lab: La
     no_recovery_state(lab)
 
 
-def test_recover_on_a_bad_day_refused_interrupted_in_steps_3_and_6_aborted_and_finished(lab: Lab) -> None:
-    """Issue 22 in one recovery: a target PostgreSQL refuses and one after the archive's end are refused (exit
-    3, Patroni untouched); Ctrl-C 1.5 s into the restore stops its unit (nothing runs on the leader); run
-    again, Ctrl-C as the replicas are moved aside; `--abort` there says what cannot be undone and keeps the
-    recovery; run again, it finishes: the right rows on every node, every member streaming."""
+def rows_by_batch(lab: Lab, table: str) -> dict[str, tuple[str, ...]]:
+    query = f"SELECT batch || '=' || count(*) FROM {table} GROUP BY batch"  # noqa: S608 -- fixed name
+    return {node: tuple(sorted(lab.sql(node, query).split())) for node in lab.nodes}
+
+
+def test_recover_on_a_bad_day_interrupted_at_every_boundary_aborted_in_steps_3_and_6_and_finished(lab: Lab) -> None:
+    """Issue 22 in three recoveries to one target. Refused first: a target PostgreSQL does not read and one after
+    the archive's end (exit 3, Patroni untouched). A: Ctrl-C at the boundaries after steps 1 and 2 (each run
+    again carries on), then 1.5 s into the restore (its unit stopped, nothing left running); `--abort` there
+    gives a running cluster on the old data (a replica's leads, the restored leader rebuilt). B, from that
+    leader: Ctrl-C 1.5 s into the restore, after steps 3, 4 and 5, 1 s into the backup, 0.5 s into the rebuilds;
+    `--abort` there moves the replicas' data back, lets it lead and replaces the recovery's backup with one of
+    the running timeline. C: Ctrl-C 0.5 s into the rebuilds and after step 6; run again, it finishes: the rows of
+    the target on every node, every member streaming. Each interruption is the next run's starting point."""
     before = lab.wait_healthy()
     leader = lab.leader()
     target = lab.rows_around_a_target(leader, "bad_day_pitr")
@@ -251,8 +228,10 @@ def test_recover_on_a_bad_day_refused_interrupted_in_steps_3_and_6_aborted_and_f
     for node in lab.nodes:
         assert lab.ssh(node, "systemctl is-active patroni").stdout.strip() == "active", node
         assert lab.ssh(node, f"test -e {STATE}", check=False).returncode != 0, node
+    old_rows = dict.fromkeys(lab.nodes, ("after=50", "before=100"))
+    started = time.monotonic()
 
-    def interrupted(at: str, delay: float) -> str:
+    def interrupted(at: str, delay: float = 0.0) -> str:
         """A run interrupted (SIGINT, the operator's Ctrl-C) `delay` s after a line starting with `at`."""
         process = subprocess.Popen(lab.pgbackup_argv("recover", "--to", target, "--yes"), cwd=str(ROOT),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -267,31 +246,65 @@ def test_recover_on_a_bad_day_refused_interrupted_in_steps_3_and_6_aborted_and_f
         out, err = process.communicate(timeout=600)
         text = "".join(seen) + out + err
         assert process.returncode == 130, text
+        print(f"  {time.monotonic() - started:6.1f} s: Ctrl-C {delay} s after {at!r}")
         return text
 
-    started = time.monotonic()
-    first = interrupted("[3/7] restore the leader", 1.5)
-    assert f"stopped pgbackup-recover-restore.service on {leader}" in first, first
+    def aborted_to_old_data(recovering: str) -> str:
+        """`--abort` after the restore began: exit 0, a running cluster on the old data (another leader, a new
+        timeline, every member streaming from it), no recovery recorded, nothing left aside, nothing running."""
+        timeline = max(int(m["TL"]) for m in lab.members() if str(m.get("TL", "")).isdigit())
+        result = lab.pgbackup("recover", "--abort", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{recovering}'s {PG_DATA} was overwritten by the restore" in result.stdout, result.stdout
+        members = lab.wait_healthy(timeout=60)
+        new = lab.leader()
+        assert new != recovering
+        assert f"the cluster runs on {new}'s old data" in result.stdout, result.stdout
+        assert int(members[0]["TL"]) > timeline, members
+        assert lab.streaming_replicas(new) == set(lab.nodes) - {new}
+        assert rows_by_batch(lab, "bad_day_pitr") == old_rows
+        no_recovery_state(lab)
+        for node in lab.nodes:
+            assert lab.ssh(node, "systemctl list-units --no-legend 'pgbackup-recover-*'").stdout.strip() == "", node
+        print(f"  {time.monotonic() - started:6.1f} s: aborted, {new} leads on the old data")
+        return new
+
+    # A
+    interrupted("[1/7] done")
+    second = interrupted("[2/7] done")
+    assert "carrying on with the recovery" in second, second
+    assert "[1/7] stop Patroni on the replicas, then on the leader: done before" in second, second
+    third = interrupted("[3/7] restore the leader", 1.5)
+    assert f"stopped pgbackup-recover-restore.service on {leader}" in third, third
     assert lab.ssh(leader, "systemctl is-active pgbackup-recover-restore.service", check=False).stdout.strip() != (
         "active")
     assert lab.ssh(leader, f"runuser -u postgres -- env --chdir=/ {PG_BIN}/pg_ctl -D {PG_DATA} status", check=False
                    ).returncode != 0, "the restore's server still runs after Ctrl-C"
-    second = interrupted("[6/7] move each replica's data directory aside", 0.5)
-    assert "[3/7] restore the leader, replay, promote it by hand, stop it ..." in second, second  # run again
-    aborted = lab.pgbackup("recover", "--abort", check=False)
-    assert aborted.returncode == 1, aborted.stdout + aborted.stderr
-    assert f"cannot be undone: the restore (step 3) has begun on {leader}" in aborted.stdout, aborted.stdout
-    state = json.loads(lab.ssh(leader, f"cat {STATE}").stdout)
-    assert (state["aborted"], state["finished"]) == (True, False), state
+    leader = aborted_to_old_data(leader)
+    # B
+    interrupted("[3/7] restore the leader", 1.5)
+    fourth = interrupted("[3/7] done")
+    assert "[3/7] restore the leader, replay, promote it by hand, stop it ..." in fourth, fourth  # run again
+    interrupted("[4/7] done")
+    backup = interrupted("[5/7] a full backup", 1.0)
+    assert f"stopped pgbackup-recover-backup.service on {leader}" in backup, backup
+    interrupted("[5/7] done")
+    interrupted("[6/7] move each replica's data directory aside", 0.5)
+    leader = aborted_to_old_data(leader)
+    timeline = int(lab.members()[0]["TL"])
+    newest = max(lab.info()["backup"], key=lambda b: b["timestamp"]["stop"])
+    assert int(newest["archive"]["start"][:8], 16) == timeline, newest  # the recovery's backup replaced
+    # C
+    interrupted("[6/7] move each replica's data directory aside", 0.5)
+    interrupted("[6/7] done")
     done = lab.pgbackup("recover", "--to", target, "--yes")
-    assert "[5/7] a full backup of the new timeline into repo1: done before" in done.stdout, done.stdout
-    print(f"\nrecover interrupted twice, aborted and finished: {time.monotonic() - started:.1f} s")
+    assert "[6/7] move each replica's data directory aside; Patroni rebuilds it from the repository: done before" in (
+        done.stdout), done.stdout
+    print(f"\nrecover interrupted 10 times, aborted twice, finished: {time.monotonic() - started:.1f} s")
     members = lab.wait_healthy()
     assert lab.leader() == leader
     assert len({m["TL"] for m in members}) == 1
     assert lab.streaming_replicas(leader) == set(lab.nodes) - {leader}
-    for node in lab.nodes:
-        assert lab.sql(node, "SELECT batch || '=' || count(*) FROM bad_day_pitr GROUP BY batch").split() == [
-            "before=100"], node
+    assert rows_by_batch(lab, "bad_day_pitr") == dict.fromkeys(lab.nodes, ("before=100",))
     lab.pgbackup("recover", "--cleanup", "--yes-delete-old-data")
     no_recovery_state(lab)
