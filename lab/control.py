@@ -172,9 +172,32 @@ class Lab:
             time.sleep(2)
         raise AssertionError(f"cluster not healthy after {timeout} s: {members}; not following the leader: {lagging}")
 
+    def rejoin_after_power_cut(self, victim: str, on_stranded: Any = None) -> None:
+        """Boot the nodes again after `victim`'s power cut. Patroni usually rejoins it (pg_rewind). A member that
+        replayed WAL of the old timeline past the point where the new leader's forked (the victim, or the other
+        replica when it had received more than the new leader) cannot follow, although Patroni 3.0 lists it as
+        running. When a member does not follow within 3 minutes (or runs on another timeline than the leader's,
+        with no stream from it, for 30 s: it will not follow on its own), the operator's remedy, a reinit,
+        rebuilds it through the pgbackrest replica method. `on_stranded(members)` runs before the reinit."""
+        self.boot_nodes()
+        try:
+            self.wait_healthy(timeout=180, stranded_after=30)
+        except AssertionError as unhealthy:
+            stuck = unhealthy.members if isinstance(unhealthy, Stranded) else (self.not_following() or [victim])
+            if isinstance(unhealthy, Stranded) and on_stranded is not None:
+                on_stranded(stuck)
+            for member in stuck:
+                journal = self.ssh(member, f"journalctl -u patroni -u postgresql@{FACTS['pg_version']}-main "
+                                   "--no-pager -o cat -n 30", check=False)
+                print(f"\n{unhealthy}\n{member} does not follow the leader: reinit. Its journal ends:\n"
+                      f"{journal.stdout}")
+                sh("patronictl", "-c", self.env["LAB_PATRONICTL_CONFIG"], "reinit", SCOPE, member, "--force")
+            self.wait_healthy(timeout=300)
+
     def wait_archived(self, segment: str, timeout: float = 120) -> None:
         """Until the repository's archive holds `segment` (a WAL file name)."""
         deadline = time.monotonic() + timeout
+        polls = 0
         while time.monotonic() < deadline:
             # In every repository (archive-push writes to each). Compare log and segment numbers; the timeline
             # (first 8 digits) changes with a failover.
@@ -183,6 +206,9 @@ class Lab:
             if all(any(a["max"] and a["max"][8:] >= segment[8:] for a in archives if repo_of(a) == repo)
                    for repo in repos):
                 return
+            polls += 1
+            if polls % 3 == 0:
+                self.wake_archiver()
             time.sleep(2)
         raise AssertionError(f"{segment} not archived after {timeout} s: {self.info()['archive']}\n"
                              f"{self.archiving_diagnosis()}")
@@ -225,13 +251,25 @@ class Lab:
     def wait_archiver_recovered(self, node: str, timeout: float = 180) -> None:
         """Until `node`'s archiver has archived since its last failure (pg_stat_archiver): after an outage the
         repository can hold a segment (pushed by archive-push's asynchronous process) before archive_command
-        reports success, and PostgreSQL retries a failed segment only on its next wake-up (60 s at most)."""
+        reports success, and PostgreSQL retries a failed segment only on its next wake-up (60 s at most, or at
+        once: wake_archiver)."""
         deadline = time.monotonic() + timeout
         query = ("SELECT last_failed_time IS NULL OR last_archived_time >= last_failed_time "
                  "FROM pg_stat_archiver")
+        polls = 0
         while self.sql(node, query) != "t":
             assert time.monotonic() < deadline, f"{node}'s archiver has not archived since its last failure"
+            polls += 1
+            if polls % 3 == 0:
+                self.wake_archiver(node)
             time.sleep(2)
+
+    def wake_archiver(self, node: str | None = None) -> None:
+        """After failures PostgreSQL's archiver sleeps up to 60 s before it tries again; a configuration reload
+        (SIGHUP, which the postmaster passes on) sets its latch: it tries at once. Waiting tests only: the
+        program leaves the archiver to its own schedule."""
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            self.sql(node or self.leader(), "SELECT pg_reload_conf()")
 
     # -- the program
     def apply(self, stack: dict[str, Any] | None = None, secrets: dict[str, str] | None = None,

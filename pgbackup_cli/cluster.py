@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -12,10 +13,11 @@ import paramiko
 
 from components.config import tls_warnings
 from components.layout import NAMES, PATHS
+from components.window import RepoWindow
 from pgbackup_cli.remote import Node, RemoteError, warn
-from pgbackup_cli.repository import choose_backup, holdings, newest_wal_time, wal_listing_path
+from pgbackup_cli.repository import choose_backup, holdings, narrow, newest_wal_time, wal_listing_path
 from pgbackup_cli.stack import Stack
-from pgbackup_cli.untrusted import Unreadable, answers, loads, reader_command
+from pgbackup_cli.untrusted import Unreadable, answers, loads, reader_command, verify_result
 
 T = TypeVar("T")
 
@@ -142,7 +144,28 @@ class Cluster:
         refuse with it."""
         info = self.info(node)
         held = holdings(info, self.newest_wal_time(node, info))
-        return choose_backup(held, target), held.describe()
+        backup = choose_backup(held, target)
+        found = self.verified_window()
+        if found is not None:
+            narrow(found[1], found[0], target, backup)
+        return backup, held.describe()
+
+    def verified_window(self) -> tuple[str, RepoWindow] | None:
+        """repo1's recoverable window as the newest verification on any node computed it, with that
+        verification's time; None when none did (or its file is unreadable: `pgbackup status` says so)."""
+        def read(node: Node) -> dict[str, Any] | None:
+            text = self.read_text(node.name, PATHS.verify_state, user="postgres")
+            try:
+                return verify_result(text, node.name, time.time()) if isinstance(text, str) else None
+            except ValueError:
+                return None
+
+        results = [r for r in self.on_each(list(self.nodes), read).values() if isinstance(r, dict)]
+        if not results:
+            return None
+        newest = max(results, key=lambda r: float(r["epoch"]))
+        window = newest["window"].get("1")
+        return (f"{newest['time']} on {newest['node']}", window) if window is not None else None
 
     def read_text(self, node: str, path: str, user: str | None = "postgres") -> str | Unreadable | None:
         """A state file's text on the node, read by the one reader (pgbackup_cli/untrusted.py) as `user`, the

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.report import repo_of
+from components.window import RepoWindow
 
 LATEST = "latest"
 # The first filter of a target's text (the leader's PostgreSQL is the judge): a calendar date, a time, a zone.
@@ -102,6 +103,32 @@ def choose_backup(held: Holdings, target: datetime | None) -> dict[str, Any]:
     if held.newest_wal_time is None or epoch > held.newest_wal_time:
         raise TargetRefused(f"{target.isoformat()} is newer than the newest archived WAL: {reach}")
     return [b for b in held.backups if b["timestamp"]["stop"] <= epoch][-1]
+
+
+def narrow(window: RepoWindow, verified: str, target: datetime | None, backup: dict[str, Any]) -> None:
+    """The recoverable window of repo1 the newest verification computed (components/window.py) narrows what
+    choose_backup allowed. A verification runs daily: what came after it, the live check alone judges (a target
+    after the window's end, a window with no piece). TargetRefused when the backup a restore starts from is a
+    set it found damaged (or one depending on it), or when the target lies before its first piece or between
+    two, naming the pieces."""
+    where = f"the recoverable window of repo1 (the verification at {verified})"
+    pieces = window["pieces"]
+    reach = "; ".join(f"{p['fromTime']} to {p['toTime']}" for p in pieces) or "none"
+    listed = "" if len(pieces) == window["pieceCount"] else f" (the first and the newest of {window['pieceCount']})"
+    damaged = {d["label"]: d["reason"] for d in window["damaged"]}
+    when = "the latest state" if target is None else target.isoformat()
+    if backup["label"] in damaged:
+        raise TargetRefused(f"the backup a restore to {when} starts from, {backup['label']}, cannot start a recovery: "
+                            f"{damaged[backup['label']]}, as {where} found. Choose a target in its pieces{listed}: "
+                            f"{reach}; or take a new full backup (`pgbackup backup --type full`) and expire the "
+                            "damaged set (`pgbackup status` says how)")
+    if target is None or not pieces or target.timestamp() > pieces[-1]["to"]:
+        return
+    epoch = target.timestamp()
+    if any(p["from"] <= epoch <= p["to"] for p in pieces) or (listed and epoch >= pieces[0]["from"]):
+        return  # in a piece (or maybe in one the file does not list)
+    raise TargetRefused(f"{when} lies outside {where}: no backup with continuous WAL after it reaches it; "
+                        f"its pieces{listed}: {reach}")
 
 
 def wal_listing_path(stanza: str, info: dict[str, Any]) -> tuple[str, str] | None:

@@ -30,7 +30,6 @@ from lab.control import (
     STANZA,
     AuthenticatedS3,
     Lab,
-    Stranded,
     host_pgbackrest_deb,
     sh,
 )
@@ -330,26 +329,9 @@ def test_hard_kill_of_the_leader(lab: Lab) -> None:
     lab.wait_archived(lab.switch_wal(new))  # archiving goes on from the new leader, with a node down
     # With a member down, `pgbackrest check` fails on the unreachable pgN-host (and a backup waits about two
     # minutes for it before going on): bring the node back first, as an operator would.
-    # Boot the killed node again. Patroni usually rejoins it (pg_rewind). A member that replayed WAL of the old
-    # timeline past the point where the new leader's forked (the victim, or the other replica when it had
-    # received more than the new leader) cannot follow, although Patroni 3.0 lists it as running; a backup from
-    # it as the standby would wait for a replay that never comes, so the backups skip it (pgbackup-backup), as
-    # assert_backup_skips_the_stranded proves before the reinit. When a member does not follow within
-    # 3 minutes (or that runs on another timeline than the leader's, with no stream from it, for 30 s: it will
-    # not follow on its own), the operator's remedy is a reinit, which rebuilds it through the pgbackrest
-    # replica method.
-    lab.boot_nodes()
-    try:
-        lab.wait_healthy(timeout=180, stranded_after=30)
-    except AssertionError as unhealthy:
-        stuck = unhealthy.members if isinstance(unhealthy, Stranded) else (lab.not_following() or [victim])
-        if isinstance(unhealthy, Stranded):
-            assert_backup_skips_the_stranded(lab, new, stuck)
-        for member in stuck:
-            journal = lab.ssh(member, f"journalctl -u patroni -u postgresql@{FACTS['pg_version']}-main --no-pager -o cat -n 30", check=False)
-            print(f"\n{unhealthy}\n{member} does not follow the leader: reinit. Its journal ends:\n{journal.stdout}")
-            sh("patronictl", "-c", lab.env["LAB_PATRONICTL_CONFIG"], "reinit", SCOPE, member, "--force")
-        lab.wait_healthy(timeout=300)
+    # Boot the killed node again; a stranded member is reinit (Lab.rejoin_after_power_cut); the backups skip it
+    # before (pgbackup-backup), as assert_backup_skips_the_stranded proves.
+    lab.rejoin_after_power_cut(victim, lambda stuck: assert_backup_skips_the_stranded(lab, new, stuck))
     assert lab.leader() == new
     assert_archiving_and_backup_on(lab, new)
 

@@ -201,6 +201,12 @@ def test_verification_flags_bytes_flipped_in_the_newest_full_backup(lab: Lab, tm
     assert shown.returncode == 1, shown.stdout
     assert f"backup set {full} in repo1 is damaged" in shown.stdout, shown.stdout
     assert f"expire --set={full}`" in shown.stdout, shown.stdout
+    # A recovery that would start from it (or from a set depending on it) is refused before anything stops.
+    refused = lab.pgbackup("recover", "--to", "latest", "--yes", check=False)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "cannot start a recovery" in refused.stderr, refused.stderr
+    assert full in refused.stderr, refused.stderr
+    assert {lab.ssh(node, "systemctl is-active patroni").stdout.strip() for node in lab.nodes} == {"active"}
     # The remedy, as the status says: a new full backup, then the damaged set expired; the next verification
     # finds the window whole. (The flipped object is put back afterwards into the expired set's directory:
     # a leftover backup.info does not list, which the verification notes and does not count.)
