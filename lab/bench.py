@@ -752,8 +752,7 @@ def _after_power_cut(lab: Lab, victim: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("no new leader")
         time.sleep(2)
-    lab.restart_lab()
-    lab.wait_healthy(timeout=600)
+    lab.rejoin_after_power_cut(victim)
 
 
 # -- growth
