@@ -41,6 +41,9 @@ STEPS: list[tuple[str, str]] = [
     ("replicas", "move each replica's data directory aside; Patroni rebuilds it from the repository"),
     ("streaming", "wait for every member streaming on the new timeline; pgbackrest check"),
 ]
+# The full backups a recovery (step 5) and an abort take expire nothing: another try may need the backups
+# retention would drop (the target's); the next scheduled backup applies retention as configured.
+KEEP_EVERYTHING = "--repo1-retention-full=9999999 --repo1-retention-archive=9999999"
 WAIT = 3600  # the longest any one wait (a restore, a replay, a rebuild) may take, in seconds
 UNIT = "pgbackup-recover-{step}"  # the transient unit a long step runs as on its node (systemd-run)
 RECOVER_LOG = "/var/log/postgresql/pgbackup-recover.log"  # the restored server's log (pg_ctl -l)
@@ -414,7 +417,8 @@ done
     def step_backup(self) -> None:
         # The standbys are down: --no-backup-standby (pgBackRest warns that their hosts are unreachable).
         self.in_unit(self.plan.leader, "backup", self.cluster.pgbackrest(
-            "--repo=1 --type=full --no-backup-standby --log-level-console=error backup", locked=True), 6 * WAIT)
+            f"--repo=1 --type=full --no-backup-standby {KEEP_EVERYTHING} --log-level-console=error backup",
+            locked=True), 6 * WAIT)
 
     def step_replicas(self) -> None:
         q, plan = self.q, self.plan
@@ -619,7 +623,8 @@ class Rejoin(Recovery):
         # restore: one of this timeline replaces it.
         if any(b["timestamp"]["stop"] >= plan.started for b in backups(info)):
             self.in_unit(leader, "backup", self.cluster.pgbackrest(
-                "--repo=1 --type=full --no-backup-standby --log-level-console=error backup", locked=True), 6 * WAIT)
+                f"--repo=1 --type=full --no-backup-standby {KEEP_EVERYTHING} --log-level-console=error backup",
+                locked=True), 6 * WAIT)
             say(f"      {leader}: a full backup of the new timeline into repo1")
         cluster.node(plan.leader).check(f"rs_rm_tree {q(cluster.recover_state)}",
                                         what="removing the recovery's state")

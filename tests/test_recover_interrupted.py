@@ -574,3 +574,17 @@ def test_no_verification_or_an_unreadable_one_narrows_nothing() -> None:
     for state in (None, "{not json"):
         cluster = ScriptedCluster() if state is None else windowed(state)
         cluster.reachable("pgnode1", at((GAP[0] + GAP[1]) // 2))
+
+
+def test_the_recoverys_and_the_aborts_backups_expire_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention would drop the backups another try needs (the lab's retention of 2 fulls lost the target's
+    backup after a recovery's step-5 backup and an abort's): both backups override it for their run."""
+    scripts: list[str] = []
+    monkeypatch.setattr(recover.Recovery, "in_unit",
+                        lambda self, node, step, script, timeout: scripts.append(script))
+    recover.Recovery(ScriptedCluster(), plan(), print).step_backup()
+    rejoining(plan(**MID_6), {"pgnode2": "moved\n" + STANDBY, "pgnode3": "moved\n" + STANDBY})
+    backups = [s for s in scripts if " backup" in s]
+    assert len(backups) == 2
+    for script in backups:
+        assert "--repo1-retention-full=9999999 --repo1-retention-archive=9999999" in script

@@ -249,10 +249,10 @@ def test_recover_on_a_bad_day_interrupted_at_every_boundary_aborted_in_steps_3_a
         print(f"  {time.monotonic() - started:6.1f} s: Ctrl-C {delay} s after {at!r}")
         return text
 
-    def aborted_to_old_data(recovering: str) -> str:
-        """`--abort` after the restore began: exit 0, a running cluster on the old data (another leader, a new
-        timeline, every member streaming from it), no recovery recorded, nothing left aside, nothing running."""
-        timeline = max(int(m["TL"]) for m in lab.members() if str(m.get("TL", "")).isdigit())
+    def aborted_to_old_data(recovering: str, timeline: int) -> str:
+        """`--abort` after the restore began: exit 0, a running cluster on the old data (another leader, a
+        timeline after `timeline`, the one before the recovery, every member streaming from it), no recovery
+        recorded, nothing left aside, nothing running."""
         result = lab.pgbackup("recover", "--abort", check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"{recovering}'s {PG_DATA} was overwritten by the restore" in result.stdout, result.stdout
@@ -270,6 +270,7 @@ def test_recover_on_a_bad_day_interrupted_at_every_boundary_aborted_in_steps_3_a
         return new
 
     # A
+    timeline = int(before[0]["TL"])
     interrupted("[1/7] done")
     second = interrupted("[2/7] done")
     assert "carrying on with the recovery" in second, second
@@ -280,7 +281,8 @@ def test_recover_on_a_bad_day_interrupted_at_every_boundary_aborted_in_steps_3_a
         "active")
     assert lab.ssh(leader, f"runuser -u postgres -- env --chdir=/ {PG_BIN}/pg_ctl -D {PG_DATA} status", check=False
                    ).returncode != 0, "the restore's server still runs after Ctrl-C"
-    leader = aborted_to_old_data(leader)
+    leader = aborted_to_old_data(leader, timeline)
+    timeline = int(lab.members()[0]["TL"])
     # B
     interrupted("[3/7] restore the leader", 1.5)
     fourth = interrupted("[3/7] done")
@@ -290,7 +292,7 @@ def test_recover_on_a_bad_day_interrupted_at_every_boundary_aborted_in_steps_3_a
     assert f"stopped pgbackup-recover-backup.service on {leader}" in backup, backup
     interrupted("[5/7] done")
     interrupted("[6/7] move each replica's data directory aside", 0.5)
-    leader = aborted_to_old_data(leader)
+    leader = aborted_to_old_data(leader, timeline)
     timeline = int(lab.members()[0]["TL"])
     newest = max(lab.info()["backup"], key=lambda b: b["timestamp"]["stop"])
     assert int(newest["archive"]["start"][:8], 16) == timeline, newest  # the recovery's backup replaced
