@@ -130,6 +130,9 @@ class FakeCluster:
 
     reachable = Cluster.reachable  # the real check, over this fake's info and newest WAL time
 
+    def verified_window(self) -> None:
+        return None  # no verification has run: the window narrows nothing (tests/test_recover_interrupted.py)
+
     def as_postgres(self, command: str) -> str:
         return f"runuser -u postgres -- env --chdir=/ {command}"
 
