@@ -3,11 +3,12 @@ on the stack's nodes, resumable: its progress lives in a state file on the leade
 after every step, so that the same command run again after an interruption carries on where it stopped.
 
 Patroni owns the cluster and its DCS remembers how far the old history went: Patroni is stopped everywhere,
-the cluster forgotten in the DCS, the leader restored and promoted by hand, Patroni takes it over, a full
-backup of the new timeline is taken, then the replicas (their data directories moved aside) are rebuilt by
-Patroni's pgbackrest replica method.
+the cluster forgotten in the DCS, the leader restored and promoted by hand while each replica (its data
+directory moved aside) is restored as a standby from the same backup, all at once; Patroni takes the leader
+over, then the replicas, which follow the new timeline; a full backup of the new timeline ends it, after the
+cluster is whole (the RTO does not wait for it).
 
-Interruptible anywhere: the long work on a node (the restore, replay and promotion; the full backup) runs as a
+Interruptible anywhere: the long work on a node (the restores, replay and promotion; the full backup) runs as a
 transient systemd unit the node owns (pgbackup-recover-<step>), its script written root-only beside the state;
 Ctrl-C stops it, a run again waits for one still active, and every step is safe to repeat after it half-ran
 (a restore repeated after its promotion follows the old timeline). The target is read by the leader's own
@@ -35,13 +36,14 @@ ASIDE_STAMP = r"[0-9]{8}T[0-9]{6}Z"
 STEPS: list[tuple[str, str]] = [
     ("stop-patroni", "stop Patroni on the replicas, then on the leader"),
     ("forget-dcs", "forget the cluster in the DCS (patronictl remove)"),
-    ("restore", "restore the leader, replay, promote it by hand, stop it"),
+    ("restore", "restore the leader, replay, promote it by hand, stop it; the replicas as standbys at once"),
     ("leader", "start Patroni on the leader; wait until it leads"),
-    ("backup", "a full backup of the new timeline into repo1"),
-    ("replicas", "move each replica's data directory aside; Patroni rebuilds it from the repository"),
+    ("replicas", "start Patroni on the replicas: they follow the new timeline"),
     ("streaming", "wait for every member streaming on the new timeline; pgbackrest check"),
+    ("backup", "a full backup of the new timeline into repo1"),
 ]
-# The full backups a recovery (step 5) and an abort take expire nothing: another try may need the backups
+RTO_STEP = "streaming"  # the RTO ends with this step: the cluster whole again (the backup after it is not waited for)
+# The full backups a recovery (step 7) and an abort take expire nothing: another try may need the backups
 # retention would drop (the target's); the next scheduled backup applies retention as configured.
 KEEP_EVERYTHING = "--repo1-retention-full=9999999 --repo1-retention-archive=9999999"
 WAIT = 3600  # the longest any one wait (a restore, a replay, a rebuild) may take, in seconds
@@ -78,6 +80,7 @@ class Plan:
     target_utc: str = ""  # the target as the leader's PostgreSQL read it (UTC), given to pgBackRest
     current: str = ""  # the step begun last (recorded before it touches anything)
     aborted: bool = False  # `--abort` ran and could not undo: another target may be chosen
+    rto: float = 0.0  # seconds from step 1 to every member streaming (RTO_STEP done)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,7 +104,7 @@ class Plan:
             *(f"    {node}: {self.pg_data} -> {path}" for node, path in self.aside.items()),
             "  steps:",
             *(f"    {i}. {title}" for i, (_, title) in enumerate(STEPS, 1)),
-            "  Clients lose the cluster from step 1 until step 4; the replicas until step 7.",
+            "  Clients lose the cluster from step 1 until step 4; the replicas until step 6.",
         ]
         return "\n".join(lines)
 
@@ -233,6 +236,9 @@ class Recovery:
             getattr(self, "step_" + name.replace("-", "_"))()
             plan.done[name] = round(time.monotonic() - began, 1)
             self.save()
+            if name == RTO_STEP:
+                plan.rto = round(time.time() - plan.started, 1)
+                self.save()
             self.say(f"[{number}/{len(STEPS)}] done in {plan.done[name]:.1f} s "
                      f"(elapsed {time.time() - plan.started:.1f} s)")
         return self.finish()
@@ -286,36 +292,56 @@ echo started
                      f"systemctl stop {unit}.service")
 
     def in_unit(self, node: str, step: str, script: str, timeout: float) -> None:
-        """`script` as the step's transient unit on `node`, watched until it ends; its failure quoted. Ctrl-C
-        stops the unit (and says so); a unit an earlier run left active is waited for (and said)."""
+        """`script` as the step's transient unit on `node` (in_units, for one node)."""
+        self.in_units(step, {node: script}, timeout)
+
+    def in_units(self, step: str, scripts: dict[str, str], timeout: float) -> None:
+        """Each node's script as the step's transient unit on that node, all at once, watched until each ends;
+        the first failure stops the others and is quoted. Ctrl-C stops them all (and says so); a unit an
+        earlier run left active is waited for (and said)."""
         q = self.q
         unit, _, status = self.unit_paths(step)
         deadline = time.monotonic() + timeout
+        poll = max(2, POLL // len(scripts))
         try:
-            if self.start_unit(node, step, script) == "running":
-                self.say(f"      {node}: {unit}.service from an earlier run is still active: waiting for it to end "
-                         f"(Ctrl-C stops it; or on {node}: systemctl stop {unit}.service)")
-            while True:
-                state = self.cluster.node(node).check(f"""
-for _ in $(seq {POLL}); do systemctl is-active --quiet {q(unit)}.service || break; sleep 1; done
+            for node, script in scripts.items():
+                if self.start_unit(node, step, script) == "running":
+                    self.say(f"      {node}: {unit}.service from an earlier run is still active: waiting for it to "
+                             f"end (Ctrl-C stops it; or on {node}: systemctl stop {unit}.service)")
+            pending = list(scripts)
+            while pending:
+                for node in list(pending):
+                    state = self.cluster.node(node).check(f"""
+for _ in $(seq {poll}); do systemctl is-active --quiet {q(unit)}.service || break; sleep 1; done
 systemctl is-active {q(unit)}.service || true
-""", timeout=POLL + 60, what=f"watching {unit}").strip()
-                if state not in ("active", "activating", "deactivating", "reloading"):
-                    break
-                if time.monotonic() > deadline:
-                    raise RemoteError(f"{node}: {unit}.service still runs after {timeout:.0f} s: see "
+""", timeout=poll + 60, what=f"watching {unit}").strip()
+                    if state in ("active", "activating", "deactivating", "reloading"):
+                        continue
+                    pending.remove(node)
+                    failure = self.unit_failure(node, unit, status)
+                    if failure:
+                        for other in pending:
+                            self.stop_unit(other, step)
+                        raise RemoteError(failure)
+                if pending and time.monotonic() > deadline:
+                    raise RemoteError(f"{', '.join(pending)}: {unit}.service still runs after {timeout:.0f} s: see "
                                       f"journalctl -u {unit}")
         except KeyboardInterrupt:
-            self.stop_unit(node, step)
+            for node in scripts:
+                self.stop_unit(node, step)
             raise
+
+    def unit_failure(self, node: str, unit: str, status: str) -> str:
+        """'' when the unit recorded exit 0; else what failed, with the end of its journal."""
         code = self.cluster.read_text(node, status, user=None)
         if isinstance(code, str) and code.strip() == "0":
-            return
+            return ""
         tail = self.cluster.node(node).run(
             f"journalctl --sync 2>/dev/null || true\n"  # the unit's last lines are in the journal before it is read
-            f"journalctl -u {q(unit)}.service -n 12 -o cat --no-pager 2>/dev/null | tail -n 12 || true").out.strip()
+            f"journalctl -u {self.q(unit)}.service -n 12 -o cat --no-pager 2>/dev/null | tail -n 12 || true"
+        ).out.strip()
         ended = f"exit {code.strip()}" if isinstance(code, str) else "it ended without a result (stopped?)"
-        raise RemoteError(f"{node}: {unit}.service failed ({ended}):\n{tail}")
+        return f"{node}: {unit}.service failed ({ended}):\n{tail}"
 
     # -- the steps
     def step_stop_patroni(self) -> None:
@@ -376,8 +402,31 @@ done
 {self.pg_ctl} -m fast -w -t 600 stop
 """
 
+    def standby_script(self, label: str, aside: str | None = None) -> str:
+        """The node's data directory a standby restored from backup `label` (one on the history the leader
+        continues): Patroni, started there, makes it follow the leader (its new timeline, through the history
+        file in the archive). `aside`: where the old data is moved first (once: a run again finds it there and
+        restores over its own partial restore, --delta)."""
+        q, data = self.q, self.q(self.plan.pg_data)
+        move = "" if aside is None else f"""if [[ -e {q(aside)} || -L {q(aside)} ]]; then :  # moved aside before
+elif [[ -e {data} || -L {data} ]]; then rs_rename {data} {q(aside)}
+fi
+"""
+        return f"""
+if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
+if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m immediate -w -t 600 stop; fi
+{move}rs_mkdir {data} postgres postgres 0700
+{self.cluster.pgbackrest(f"--repo=1 --delta --set={q(label)} --type=standby --log-level-console=warn restore")}
+"""
+
     def step_restore(self) -> None:
-        self.in_unit(self.plan.leader, "restore", self.restore_script(), timeout=3 * WAIT)
+        """The leader's restore and the replicas' at once, each in its node's unit."""
+        plan = self.plan
+        scripts = {plan.leader: self.restore_script()}
+        scripts.update({node: self.standby_script(plan.backup, plan.aside[node]) for node in plan.replicas})
+        self.in_units("restore", scripts, timeout=3 * WAIT)
+        for node in plan.replicas:
+            self.say(f"      {node}: {plan.pg_data} -> {plan.aside[node]}; restored as a standby from {plan.backup}")
 
     def wait_members(self, ready: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = WAIT,
                      watch: list[str] | None = None) -> list[dict[str, Any]]:
@@ -415,24 +464,15 @@ done
                           watch=[leader])
 
     def step_backup(self) -> None:
-        # The standbys are down: --no-backup-standby (pgBackRest warns that their hosts are unreachable).
+        # From the leader (--no-backup-standby: the standbys have just joined).
         self.in_unit(self.plan.leader, "backup", self.cluster.pgbackrest(
             f"--repo=1 --type=full --no-backup-standby {KEEP_EVERYTHING} --log-level-console=error backup",
             locked=True), 6 * WAIT)
 
     def step_replicas(self) -> None:
-        q, plan = self.q, self.plan
-        for node in plan.replicas:
-            data, aside = q(plan.pg_data), q(plan.aside[node])
-            self.cluster.node(node).check(f"""
-systemctl stop patroni
-if [[ -e {aside} || -L {aside} ]]; then rs_rm_tree {data}  # a rebuild this recovery started: the data is aside
-elif [[ -e {data} || -L {data} ]]; then rs_rename {data} {aside}
-fi
-rs_mkdir {data} postgres postgres 0700
-systemctl start patroni
-""", what="moving the data directory aside")
-            self.say(f"      {node}: {plan.pg_data} -> {plan.aside[node]}; Patroni started")
+        for node in self.plan.replicas:
+            self.cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
+            self.say(f"      {node}: Patroni started")
 
     def streaming(self, members: list[dict[str, Any]]) -> bool:
         leader = Cluster.leader_of(members)
@@ -453,7 +493,7 @@ systemctl start patroni
         members = self.cluster.members(prefer=plan.leader)
         timeline = max(int(m["TL"]) for m in members)
         plan.summary = {
-            "rtoSeconds": round(time.time() - plan.started, 1),
+            "rtoSeconds": plan.rto or round(time.time() - plan.started, 1),
             "stepSeconds": plan.done,
             "timeline": timeline,
             "oldTimeline": plan.old_timeline,
@@ -466,7 +506,8 @@ systemctl start patroni
         self.save()
         was = f"{plan.old_timeline} -> " if plan.old_timeline else ""  # unknown when no member ran at the start
         self.say(f"Recovered stack {plan.stack} to {plan.target} in {plan.summary['rtoSeconds']:.1f} s (RTO, from "
-                 f"step 1 to every member streaming); timeline {was}{timeline}; pgbackrest check passed")
+                 f"step 1 to every member streaming; {time.time() - plan.started:.1f} s with the backup); timeline "
+                 f"{was}{timeline}; pgbackrest check passed")
         for m in members:
             self.say(f"  {m['Member']}: {m.get('Role')} {m.get('State')} timeline {m.get('TL')}")
         self.say("The old data directories stay aside until `pgbackup recover -s "
@@ -530,10 +571,11 @@ def abort(cluster: Cluster, plan: Plan | None, say: Callable[[str], None]) -> in
         raise RecoveryRefused(f"the recovery to {plan.target} has finished: there is nothing to abort (the old data "
                               "stays aside until `pgbackup recover --cleanup`)")
     steps = Recovery(cluster, plan, say)
-    for step in ("restore", "backup"):
-        unit = UNIT.format(step=step)
-        if cluster.node(plan.leader).run(f"systemctl is-active --quiet {cluster.q(unit)}.service").status == 0:
-            steps.stop_unit(plan.leader, step)
+    for node in [plan.leader, *plan.replicas]:  # the restores run on every node, the backup on the leader
+        for step in ("restore", "backup"):
+            unit = UNIT.format(step=step)
+            if cluster.node(node).run(f"systemctl is-active --quiet {cluster.q(unit)}.service").status == 0:
+                steps.stop_unit(node, step)
     if restore_begun(plan):
         return Rejoin(cluster, plan, say).rejoin()
     q = cluster.q
@@ -576,7 +618,7 @@ class Rejoin(Recovery):
     archive to its end on the old timeline and is promoted by hand (a new timeline: the recovery's fork, if it
     promoted, is not followed), then leads under Patroni; the restored node is rebuilt as a standby from the
     newest backup made before the recovery (one on the old history), and every other member follows. When the
-    recovery made a backup (step 5, on its own timeline), a full backup of the new timeline follows: Patroni's
+    recovery made a backup (step 7, on its own timeline), a full backup of the new timeline follows: Patroni's
     replica method restores the newest set. Every part is safe to run again: a promoted directory is not
     replayed twice, and the choice of the leader is the same."""
 
@@ -613,9 +655,9 @@ class Rejoin(Recovery):
         if rebuilt and not before:
             raise RemoteError(f"no backup in repo1 ended before the recovery began: {', '.join(rebuilt)} cannot be "
                               "rebuilt from one; once the cluster runs, `patronictl reinit` them")
-        for node in rebuilt:
-            self.in_unit(node, "rebuild", self.rebuild_script(before[-1]["label"]), 3 * WAIT)
-            say(f"      {node}: rebuilt as a standby from backup {before[-1]['label']}")
+        if rebuilt:
+            self.in_units("rebuild", dict.fromkeys(rebuilt, self.standby_script(before[-1]["label"])), 3 * WAIT)
+            say(f"      {', '.join(rebuilt)}: rebuilt as standbys from backup {before[-1]['label']}")
         for node in [*old[1:], *rebuilt]:
             cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
         self.wait_members(lambda ms: self.all_streaming(ms, leader), "every member streaming again", watch=[leader])
@@ -688,13 +730,3 @@ esac
 {as_postgres(f"rm -f {data}/standby.signal")}
 {as_postgres(f"touch {data}/recovery.signal")}
 {self.promotion("the old data is replayed to the archive's end", f"-c recovery_target_timeline={timeline}")}"""
-
-    def rebuild_script(self, label: str) -> str:
-        """The node's data directory a standby restored from backup `label` (one on the old history); Patroni
-        then makes it follow the leader."""
-        return f"""
-if systemctl is-active --quiet patroni; then echo "Patroni runs on this node" >&2; exit 1; fi
-if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m immediate -w -t 600 stop; fi
-rs_mkdir {self.q(self.plan.pg_data)} postgres postgres 0700
-{self.cluster.pgbackrest(f"--repo=1 --delta --set={self.q(label)} --type=standby --log-level-console=warn restore")}
-"""

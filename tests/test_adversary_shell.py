@@ -30,7 +30,7 @@ from pgbackup_testkit.shell_adversary import Adversary, Sandbox, content_attack,
 
 STEPS = ("install", "files", "patroni-local", "stanza", "archiving", "verify", "schedule", "unschedule")
 OPERATOR = ("restore", "backup", "replicas", "cleanup", "state", "forget-state", "abort", "members", "scope",
-            "rejoin-stop", "rejoin-put-back", "rejoin-promote", "rejoin-rebuild")
+            "rejoin-stop", "rejoin-put-back", "rejoin-promote", "rejoin-rebuild", "replica-restore")
 ASIDE = "20261122T130000Z"
 
 
@@ -109,7 +109,7 @@ def run_operator(name: str, box: Sandbox, before: Callable[[], None]) -> None:
     rejoin = recover.Rejoin(cluster, plan(box, finished=False, current="replicas"), print)
     rejoin.log = recover_log(box)
     work: dict[str, Callable[[], Any]] = {
-        "restore": steps.step_restore,
+        "restore": lambda: recovery(cluster, box, replicas=[], aside={}).step_restore(),
         "backup": steps.step_backup,
         "replicas": steps.step_replicas,
         "cleanup": lambda: cluster.node("pg1").check(recover.aside_script(cluster.q, box.pg_data)),
@@ -122,7 +122,10 @@ def run_operator(name: str, box: Sandbox, before: Callable[[], None]) -> None:
         "rejoin-stop": lambda: cluster.node("pg1").check(rejoin.stop_script()),
         "rejoin-put-back": lambda: rejoin.put_back("pg2"),
         "rejoin-promote": lambda: rejoin.in_unit("pg2", "promote", rejoin.promote_script(), 60),
-        "rejoin-rebuild": lambda: rejoin.in_unit("pg1", "rebuild", rejoin.rebuild_script("F"), 60),
+        "rejoin-rebuild": lambda: rejoin.in_unit("pg1", "rebuild", rejoin.standby_script("F"), 60),
+        # A replica's restore in step 3 (the leader's is "restore": the sandbox is one file system for both).
+        "replica-restore": lambda: steps.in_unit("pg2", "restore", steps.standby_script("F", plan(box).aside["pg2"]),
+                                                 60),
     }
     with mock.patch("pgbackup_cli.cluster.PATHS", box.paths):  # the backups' lock, in the sandbox
         work[name]()
@@ -181,7 +184,7 @@ def test_recover_refuses_a_link_at_pg_data_naming_it(box: Sandbox) -> None:
     adversary = Adversary(box)
     cluster = box_cluster(box, lambda: adversary.plant([("postgres", box.pg_data)], "link-dir"))
     with pytest.raises(RemoteError, match=f"{box.pg_data} is a symbolic link, not a directory: refused"):
-        recovery(cluster, box).step_restore()
+        recovery(cluster, box, replicas=[], aside={}).step_restore()  # the leader's (one file system here)
     box.assert_unchanged(before)
 
 

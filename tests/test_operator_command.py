@@ -179,11 +179,12 @@ def test_a_recovery_carries_on_after_its_recorded_steps() -> None:
     fresh.run()
     assert fresh.ran == names
     assert fresh.saved[0] == []  # recorded before step 1 touches anything
-    assert len(fresh.saved) == 2 * len(names) + 1  # and before (the step begun) and after every step
+    assert len(fresh.saved) == 2 * len(names) + 2  # and before (the step begun) and after every step, and the RTO
     resumed = Recorder(plan(done={"stop-patroni": 1.0, "forget-dcs": 2.0, "restore": 30.0}, started=1.0))
     resumed.run()
     assert resumed.ran == names[3:]
-    assert resumed.lines[2] == "[3/7] restore the leader, replay, promote it by hand, stop it: done before (30.0 s)"
+    assert resumed.lines[2] == ("[3/7] restore the leader, replay, promote it by hand, stop it; the replicas as standbys "
+                                "at once: done before (30.0 s)")
 
 
 class LocalNode:

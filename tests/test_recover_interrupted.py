@@ -290,8 +290,9 @@ if [[ $n -ge 2 ]]; then echo f; else echo t; fi""")
     assert (run / "polls").read_text().strip() == "3"
 
 
-def unit_cluster(watch: Callable[[], Result]) -> ScriptedCluster:
-    """The restore's unit started; each watch of it answered by `watch()`; its status file says 0."""
+def unit_cluster(watch: Callable[[], Result], nodes: tuple[str, ...] = ("pgnode1", "pgnode2", "pgnode3")
+                 ) -> ScriptedCluster:
+    """The restore's units started; each watch of one answered by `watch()`; their status files say 0."""
     def answer(node: str, script: str, stdin: str) -> Result | None:
         if "systemd-run" in script:
             return Result(0, "started\n", "")
@@ -300,8 +301,36 @@ def unit_cluster(watch: Callable[[], Result]) -> ScriptedCluster:
         return None
 
     cluster = ScriptedCluster(answer)
-    cluster.files[("pgnode1", f"{cluster.recover_state.rsplit('/', 1)[0]}/recover-restore.status")] = "0\n"
+    for node in nodes:
+        cluster.files[(node, f"{cluster.recover_state.rsplit('/', 1)[0]}/recover-restore.status")] = "0\n"
     return cluster
+
+
+def test_the_restores_run_as_units_on_every_node_at_once_watched_until_each_ends() -> None:
+    """The leader's restore and each replica's (as a standby from the plan's backup, its data moved aside
+    first) start before any is watched; a failure on one stops the others and is quoted."""
+    states = iter(["active", "inactive", "active", "inactive", "inactive"])
+    cluster = unit_cluster(lambda: Result(0, next(states) + "\n", ""))
+    recover.Recovery(cluster, plan(), print).step_restore()
+    sent = [(node, s) for node, s in cluster.sent if node]
+    starts = [i for i, (_, s) in enumerate(sent) if "systemd-run" in s]
+    watches = [i for i, (_, s) in enumerate(sent) if "for _ in $(seq" in s]
+    assert [sent[i][0] for i in starts] == ["pgnode1", "pgnode2", "pgnode3"]
+    assert max(starts) < min(watches)
+    assert "--unit=pgbackup-recover-restore --collect" in sent[starts[0]][1]
+    assert "2026-11-22" not in sent[starts[0]][1]  # the step's script goes in on stdin, into a root-only file
+    assert len(watches) == 5
+    replica = recover.Recovery(cluster, plan(), print).standby_script("20261122-020000F", plan().aside["pgnode2"])
+    assert ("rs_rename /var/lib/postgresql/17/main /var/lib/postgresql/17/main.before-pitr-20261122T130000Z"
+            in replica)
+    assert "--delta --set=20261122-020000F --type=standby" in replica
+    cluster.files[("pgnode2", f"{cluster.recover_state.rsplit('/', 1)[0]}/recover-restore.status")] = "1\n"
+    states = iter(["active", "inactive", "active"] + ["inactive"] * 5)
+    cluster.sent.clear()
+    with pytest.raises(RemoteError, match=r"pgnode2: pgbackup-recover-restore.service failed \(exit 1\)"):
+        recover.Recovery(cluster, plan(), print).step_restore()
+    assert [n for n, s in cluster.sent if s.startswith("systemctl stop pgbackup-recover-restore")] == [
+        "pgnode1", "pgnode3"]  # still running: stopped
 
 
 def test_ctrl_c_stops_the_steps_unit_and_says_so() -> None:
@@ -312,21 +341,9 @@ def test_ctrl_c_stops_the_steps_unit_and_says_so() -> None:
     lines: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         recover.Recovery(cluster, plan(), lines.append).step_restore()
-    assert cluster.scripts("pgnode1")[-1].startswith("systemctl stop pgbackup-recover-restore.service")
-    assert any("stopped pgbackup-recover-restore.service on pgnode1" in line for line in lines), lines
-
-
-def test_the_restore_runs_as_a_unit_watched_until_it_ends() -> None:
-    states = iter(["active", "active", "inactive", "inactive"])
-    cluster = unit_cluster(lambda: Result(0, next(states) + "\n", ""))
-    recover.Recovery(cluster, plan(), print).step_restore()
-    start = next(s for s in cluster.scripts() if "systemd-run" in s)
-    assert "--unit=pgbackup-recover-restore --collect" in start
-    assert "2026-11-22" not in start  # the step's script goes in on stdin, into a root-only file
-    assert len([s for s in cluster.scripts() if "for _ in $(seq" in s]) == 3
-    cluster.files[("pgnode1", f"{cluster.recover_state.rsplit('/', 1)[0]}/recover-restore.status")] = "1\n"
-    with pytest.raises(RemoteError, match=r"pgbackup-recover-restore.service failed \(exit 1\)"):
-        recover.Recovery(cluster, plan(), print).step_restore()
+    for node in cluster.nodes:  # every node's restore
+        assert cluster.scripts(node)[-1].startswith("systemctl stop pgbackup-recover-restore.service")
+        assert any(f"stopped pgbackup-recover-restore.service on {node}" in line for line in lines), lines
 
 
 @real
@@ -447,7 +464,7 @@ def test_abort_in_step_3_lets_a_replicas_old_data_lead_and_rebuilds_the_restored
     # The old timeline, not `latest` (the recovery's fork, if it promoted, forked before the replica's data).
     assert "-c recovery_target_timeline=4" in rejoin.promote_script()
     assert "recovery_target_timeline=current" in recover.Rejoin(cluster, plan(old_timeline=0), print).promote_script()
-    rebuild = rejoin.rebuild_script("20261122-020000F_20261123-020000I")
+    rebuild = rejoin.standby_script("20261122-020000F_20261123-020000I")
     assert "--delta --set=20261122-020000F_20261123-020000I --type=standby" in rebuild
 
 
@@ -461,7 +478,7 @@ def test_abort_in_step_6_moves_the_old_data_back_and_replaces_the_recoverys_back
     assert "rs_rm_tree /var/lib/postgresql/17/main" in back  # the rebuild Patroni began is removed first
     # Rebuilt from the newest backup made before the recovery, not the recovery's own (its timeline).
     assert any("--unit=pgbackup-recover-rebuild" in s for s in cluster.scripts("pgnode1"))
-    assert "rebuilt as a standby from backup 20261122-020000F" in "\n".join(lines)
+    assert "pgnode1: rebuilt as standbys from backup 20261122-020000F" in "\n".join(lines)
     assert any("--unit=pgbackup-recover-backup" in s for s in cluster.scripts("pgnode2"))
 
 
