@@ -579,7 +579,8 @@ class PgBackRest(Tool):
         return " ".join([f"--repo=1 --repo1-path={self._path(lab)}", *options])
 
     def prepare(self, lab: Lab) -> None:
-        if self.variant is not None:
+        if self.variant is not None:  # an earlier size's repository of this variant goes first
+            delete_prefix(lab, self._path(lab).lstrip("/") + "/")
             lab.pgbackrest(lab.leader(), f"--repo1-path={self._path(lab)} --log-level-console=warn stanza-create")
 
     def backup(self, lab: Lab, kind: str) -> tuple[float, float, float]:
