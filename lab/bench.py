@@ -762,7 +762,7 @@ def _after_power_cut(lab: Lab, victim: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("no new leader")
         time.sleep(2)
-    lab.rejoin_after_power_cut(victim)
+    lab.rejoin_after_power_cut(victim, catch_up=1800)  # a reinit member replays the load's WAL (GBs)
 
 
 # -- growth

@@ -172,13 +172,14 @@ class Lab:
             time.sleep(2)
         raise AssertionError(f"cluster not healthy after {timeout} s: {members}; not following the leader: {lagging}")
 
-    def rejoin_after_power_cut(self, victim: str, on_stranded: Any = None) -> None:
+    def rejoin_after_power_cut(self, victim: str, on_stranded: Any = None, catch_up: float = 300) -> None:
         """Boot the nodes again after `victim`'s power cut. Patroni usually rejoins it (pg_rewind). A member that
         replayed WAL of the old timeline past the point where the new leader's forked (the victim, or the other
         replica when it had received more than the new leader) cannot follow, although Patroni 3.0 lists it as
         running. When a member does not follow within 3 minutes (or runs on another timeline than the leader's,
         with no stream from it, for 30 s: it will not follow on its own), the operator's remedy, a reinit,
-        rebuilds it through the pgbackrest replica method. `on_stranded(members)` runs before the reinit."""
+        rebuilds it through the pgbackrest replica method. `on_stranded(members)` runs before the reinit;
+        `catch_up`: how long the rebuilt member may take to replay what was written since the backup it got."""
         self.boot_nodes()
         try:
             self.wait_healthy(timeout=180, stranded_after=30)
@@ -192,7 +193,7 @@ class Lab:
                 print(f"\n{unhealthy}\n{member} does not follow the leader: reinit. Its journal ends:\n"
                       f"{journal.stdout}")
                 sh("patronictl", "-c", self.env["LAB_PATRONICTL_CONFIG"], "reinit", SCOPE, member, "--force")
-            self.wait_healthy(timeout=300)
+            self.wait_healthy(timeout=catch_up)
 
     def wait_archived(self, segment: str, timeout: float = 120) -> None:
         """Until the repository's archive holds `segment` (a WAL file name)."""
