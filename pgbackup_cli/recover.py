@@ -474,12 +474,12 @@ if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m immediate -w -t 6
             self.cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
             self.say(f"      {node}: Patroni started")
 
-    def streaming(self, members: list[dict[str, Any]]) -> bool:
-        leader = Cluster.leader_of(members)
+    def streaming(self, members: list[dict[str, Any]], leader: str | None = None) -> bool:
+        """Every node a member, running or streaming, on one timeline, led by `leader` (the plan's)."""
         timelines = {str(m.get("TL")) for m in members}
         ok = [m for m in members if m.get("State") in ("running", "streaming")]
-        return (leader == self.plan.leader and len(ok) == len(self.cluster.nodes) == len(members)
-                and len(timelines) == 1)
+        return (Cluster.leader_of(members) == (leader or self.plan.leader)
+                and len(ok) == len(self.cluster.nodes) == len(members) and len(timelines) == 1)
 
     def step_streaming(self) -> None:
         self.wait_members(self.streaming, "every member streaming on the new timeline", watch=list(self.cluster.nodes))
@@ -627,7 +627,7 @@ class Rejoin(Recovery):
         say(f"{plan.leader}'s {plan.pg_data} was overwritten by the restore (step 3 began): the replicas' old data "
             "leads instead")
         for node in [*plan.replicas, plan.leader]:
-            cluster.node(node).check(self.stop_script(), what="stopping Patroni (and a rebuild it began)")
+            cluster.node(node).check(self.stop_script(), what="stopping Patroni")
         say(f"      Patroni stopped on {', '.join([*plan.replicas, plan.leader])}")
         self.step_forget_dcs()
         states = {node: self.put_back(node) for node in plan.replicas}
@@ -660,7 +660,7 @@ class Rejoin(Recovery):
             say(f"      {', '.join(rebuilt)}: rebuilt as standbys from backup {before[-1]['label']}")
         for node in [*old[1:], *rebuilt]:
             cluster.node(node).check("systemctl start patroni", what="systemctl start patroni")
-        self.wait_members(lambda ms: self.all_streaming(ms, leader), "every member streaming again", watch=[leader])
+        self.wait_members(lambda ms: self.streaming(ms, leader), "every member streaming again", watch=[leader])
         # The recovery's backup (of its timeline) is the newest set, the one Patroni's replica method would
         # restore: one of this timeline replaces it.
         if any(b["timestamp"]["stop"] >= plan.started for b in backups(info)):
@@ -676,18 +676,10 @@ class Rejoin(Recovery):
             f"{plan.leader} had written and the archive did not hold when it stopped is gone.")
         return 0
 
-    def all_streaming(self, members: list[dict[str, Any]], leader: str) -> bool:
-        return (Cluster.leader_of(members) == leader and len(members) == len(self.cluster.nodes)
-                and all(m.get("State") in ("running", "streaming") for m in members)
-                and len({str(m.get("TL")) for m in members}) == 1)
-
     def stop_script(self) -> str:
-        """Patroni stopped; a replica's rebuild it began (pgbackrest restore, as postgres) ended with it (its unit
-        keeps PostgreSQL, and what it started, when stopped); PostgreSQL stopped."""
+        """Patroni stopped, then PostgreSQL (Patroni's unit leaves it running). The recovery's restores are
+        its units, which abort() has stopped already."""
         return f"""systemctl stop patroni
-pkill -TERM -u postgres -f '^pgbackrest .*restore' 2>/dev/null || true
-for _ in $(seq 60); do pgrep -u postgres -f '^pgbackrest .*restore' >/dev/null || break; sleep 1; done
-if pgrep -u postgres -f '^pgbackrest .*restore' >/dev/null; then echo "a pgbackrest restore still runs" >&2; exit 1; fi
 if {self.pg_ctl} status >/dev/null 2>&1; then {self.pg_ctl} -m fast -w -t 600 stop; fi
 """
 

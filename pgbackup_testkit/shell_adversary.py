@@ -65,9 +65,6 @@ exit 0""",
     "pg_ctl": """for arg in "$@"; do [[ "$arg" == status ]] && exit 3; done
 exit 0""",
     "pg_controldata": "echo 'Database cluster state:               shut down in recovery'",
-    # No process of the sandbox's matches: a run here never signals the machine's own.
-    "pkill": "exit 1",
-    "pgrep": "exit 1",
     "psql": """case "$*" in
   *pg_is_in_recovery*) echo f ;;
   *archive_mode*) echo on ;;
